@@ -1,0 +1,102 @@
+"""`TransformerConfig`: every hyper-parameter of the model, validated once."""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+NORM_PLACEMENTS = ("pre", "post")
+ACTIVATIONS = ("relu", "gelu")
+POSITION_ENCODINGS = ("sinusoidal", "learned")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots_saveable")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Hyper-parameters of the encoder-decoder Transformer.
+
+    The defaults are the paper's base model (Vaswani et al., 2017, table 3)
+    except for `norm_placement`: pre-LN trains without the careful warm-up
+    post-LN needs, so it is the default; `"post"` gives the paper's layout.
+    """
+
+    vocab_size: int = 37000  # Shared source/target vocabulary (the paper's BPE size).
+    target_vocab_size: int | None = None  # Set only for separate target vocabularies.
+    d_model: int = 512
+    num_heads: int = 8
+    d_ff: int = 2048
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    dropout_rate: float = 0.1  # Embeddings, residual branches and FFN hidden layer.
+    attention_dropout_rate: float = 0.0  # On the attention weights.
+    max_len: int = 256  # Longest source or target sequence the model accepts.
+    dtype: str = "float32"  # Activation dtype; softmax, norms and loss stay float32.
+    param_dtype: str = "float32"
+    norm_placement: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)) as in the paper.
+    activation: str = "relu"
+    position_encoding: str = "sinusoidal"
+    tie_output_embedding: bool = True  # Output projection reuses the target embedding.
+    local_window: int | None = None  # Self-attention sees only positions within +-window.
+    fused_attention: bool = True  # Use jax.nn.dot_product_attention when no weights are needed.
+    scan_layers: bool = False  # nn.scan over identical layers: compile time flat in depth.
+    remat_policy: str = "none"  # Rematerialise layer activations in the backward pass.
+
+    def __post_init__(self):
+        def fail(field: str, value: Any, allowed: str):
+            raise ValueError(f"TransformerConfig.{field}={value!r} is invalid: {allowed}.")
+
+        for field in ("vocab_size", "d_model", "num_heads", "d_ff", "max_len"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                fail(field, value, "it must be a positive integer")
+        if self.target_vocab_size is not None and self.target_vocab_size < 1:
+            fail("target_vocab_size", self.target_vocab_size, "use None or a positive integer")
+        for field in ("num_encoder_layers", "num_decoder_layers"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                fail(field, value, "a stack needs at least 1 layer")
+        if self.d_model % self.num_heads:
+            fail(
+                "d_model",
+                self.d_model,
+                f"it must be divisible by num_heads={self.num_heads} so every head gets "
+                "d_model // num_heads features",
+            )
+        for field in ("dropout_rate", "attention_dropout_rate"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                fail(field, value, "a dropout rate must lie in [0, 1)")
+        choices = {
+            "dtype": DTYPES,
+            "param_dtype": DTYPES,
+            "norm_placement": NORM_PLACEMENTS,
+            "activation": ACTIVATIONS,
+            "position_encoding": POSITION_ENCODINGS,
+            "remat_policy": REMAT_POLICIES,
+        }
+        for field, allowed in choices.items():
+            value = getattr(self, field)
+            if value not in allowed:
+                fail(field, value, f"choose one of {allowed}")
+        if self.local_window is not None and self.local_window < 0:
+            fail("local_window", self.local_window, "use None (global) or a window >= 0")
+
+    @property
+    def output_vocab_size(self) -> int:
+        return self.target_vocab_size or self.vocab_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weights_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **changes) -> "TransformerConfig":
+        return dataclasses.replace(self, **changes)

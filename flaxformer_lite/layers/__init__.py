@@ -1,0 +1,1 @@
+"""Primitives: attention, masks, positional encodings, embeddings, MLP, residuals."""

@@ -1,0 +1,1 @@
+"""Model families, each composed from `flaxformer_lite.layers`."""

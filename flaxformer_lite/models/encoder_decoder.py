@@ -1,0 +1,286 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need".
+
+Shapes: B batch, S source length, T target length, D d_model, V vocabulary.
+"""
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from flaxformer_lite.config import TransformerConfig
+from flaxformer_lite.layers import masks as masks_lib
+from flaxformer_lite.layers.attention import MultiHeadAttention
+from flaxformer_lite.layers.embed import TokenEmbedding
+from flaxformer_lite.layers.mlp import FeedForward
+from flaxformer_lite.layers.position import PositionEncoding
+from flaxformer_lite.layers.residual import Residual
+from flaxformer_lite.models.inputs import check_tokens, shift_right
+from flaxformer_lite.models.stack import LayerStack
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each a residual block.
+
+    Returns (x, None) so that `nn.scan` can stack it (see LayerStack).
+    """
+
+    config: TransformerConfig
+    deterministic: bool = True
+    decode: bool = False  # The encoder never decodes; kept for one LayerStack signature.
+
+    @nn.compact
+    def __call__(self, x, mask):
+        """x (B, S, D), mask (B, 1, S, S) -> ((B, S, D), None)."""
+        cfg, det = self.config, self.deterministic
+        attention = MultiHeadAttention(cfg, deterministic=det, name="self_attention")
+        x = Residual(cfg, det, name="self_attention_block")(x, lambda h: attention(h, mask=mask))
+        mlp = FeedForward(cfg, det, name="mlp")
+        return Residual(cfg, det, name="mlp_block")(x, mlp), None
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention over the encoder output, feed-forward."""
+
+    config: TransformerConfig
+    deterministic: bool = True
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x, mask, encoded, cross_mask, cache_index):
+        """x (B, T, D); encoded (B, S, D), or None on decode steps after the prefill.
+
+        mask (B, 1, T, T), cross_mask (B, 1, T, S) -> ((B, T, D), None).
+        """
+        cfg, det, decode = self.config, self.deterministic, self.decode
+        self_attention = MultiHeadAttention(cfg, True, det, decode, name="self_attention")
+        cross_attention = MultiHeadAttention(cfg, False, det, decode, name="cross_attention")
+        x = Residual(cfg, det, name="self_attention_block")(
+            x, lambda h: self_attention(h, mask=mask, cache_index=cache_index)
+        )
+        x = Residual(cfg, det, name="cross_attention_block")(
+            x, lambda h: cross_attention(h, encoded, mask=cross_mask)
+        )
+        mlp = FeedForward(cfg, det, name="mlp")
+        return Residual(cfg, det, name="mlp_block")(x, mlp), None
+
+
+class Embedder(nn.Module):
+    """Token embedding + positional encoding, then dropout. (B, L) -> (B, L, D)."""
+
+    config: TransformerConfig
+    token_embedding: TokenEmbedding
+
+    @nn.compact
+    def __call__(self, tokens, positions=None, *, deterministic: bool = True):
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        x = PositionEncoding(self.config, name="position")(self.token_embedding(tokens), positions)
+        return nn.Dropout(self.config.dropout_rate)(x, deterministic=deterministic)
+
+
+class FinalNorm(nn.Module):
+    """Pre-LN stacks end un-normalised, so they get one last LayerNorm."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        if cfg.norm_placement == "post":
+            return x
+        return nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype, name="norm")(x)
+
+
+class Encoder(nn.Module):
+    """Embed the source, then N encoder layers. (B, S) -> (B, S, D)."""
+
+    config: TransformerConfig
+    token_embedding: TokenEmbedding
+
+    @nn.compact
+    def __call__(self, inputs, segmentation=None, positions=None, *, deterministic=True):
+        cfg = self.config
+        mask = masks_lib.combine_masks(
+            masks_lib.padding_mask(inputs, inputs),
+            _segment_mask(segmentation, segmentation),
+            _local_window(cfg, inputs.shape[1]),
+        )
+        x = Embedder(cfg, self.token_embedding, name="embedder")(
+            inputs, positions, deterministic=deterministic
+        )
+        x = LayerStack(EncoderLayer, cfg, cfg.num_encoder_layers, name="stack")(
+            x, mask, deterministic=deterministic
+        )
+        return FinalNorm(cfg, name="final")(x)
+
+
+class Decoder(nn.Module):
+    """Embed the (shifted) targets, N decoder layers, project to the vocabulary.
+
+    In decode mode the `cache` collection holds one `cache_index` (how many
+    target positions are already in the cache) beside each layer's keys and
+    values; the first call during `init` only allocates it.
+    """
+
+    config: TransformerConfig
+    token_embedding: TokenEmbedding
+
+    @nn.compact
+    def __call__(
+        self,
+        encoded,
+        inputs,
+        decoder_inputs,
+        inputs_segmentation=None,
+        targets_segmentation=None,
+        targets_position=None,
+        *,
+        deterministic=True,
+        decode=False,
+    ):
+        cfg = self.config
+        length = decoder_inputs.shape[1]
+        if decode:
+            allocated = self.has_variable("cache", "cache_index")
+            index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+            cache_index = index.value
+            positions = cache_index + jnp.broadcast_to(jnp.arange(length), decoder_inputs.shape)
+            self_mask = None  # Causal (and local) structure over the cache is built in attention.
+            cross_mask = masks_lib.key_padding_mask(inputs)  # (B, 1, 1, S)
+        else:
+            cache_index, positions = None, targets_position
+            self_mask = masks_lib.combine_masks(
+                masks_lib.causal_mask(length),
+                masks_lib.padding_mask(decoder_inputs, decoder_inputs),
+                _segment_mask(targets_segmentation, targets_segmentation),
+                _local_window(cfg, length),
+            )
+            cross_mask = masks_lib.combine_masks(
+                masks_lib.padding_mask(decoder_inputs, inputs),
+                _segment_mask(targets_segmentation, inputs_segmentation),
+            )
+        x = Embedder(cfg, self.token_embedding, name="embedder")(
+            decoder_inputs, positions, deterministic=deterministic
+        )
+        x = LayerStack(DecoderLayer, cfg, cfg.num_decoder_layers, name="stack")(
+            x,
+            self_mask,
+            encoded,
+            cross_mask,
+            cache_index,
+            deterministic=deterministic,
+            decode=decode,
+        )
+        x = FinalNorm(cfg, name="final")(x)
+        if decode and allocated:
+            index.value = cache_index + length
+        if cfg.tie_output_embedding:
+            logits = self.token_embedding.attend(x)  # (B, T, V)
+        else:
+            logits = nn.Dense(
+                cfg.output_vocab_size,
+                use_bias=False,
+                dtype=cfg.compute_dtype,
+                param_dtype=cfg.weights_dtype,
+                kernel_init=nn.initializers.xavier_uniform(),
+                name="output_projection",
+            )(x)
+        return logits.astype(jnp.float32)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer. `__call__` trains with teacher forcing;
+    `encode` and `decode` run the two halves alone (decoding uses them).
+
+    Token inputs are (B, L) int arrays with PAD_ID=0 as padding. Packed rows
+    pass `*_segmentation` (1, 2, ... per example, 0 on padding) and
+    `*_position` (restarting at 0 in every example).
+    """
+
+    config: TransformerConfig
+
+    def setup(self):
+        cfg = self.config
+        source_embedding = TokenEmbedding(cfg, cfg.vocab_size, name="source_embedding")
+        if cfg.target_vocab_size is None:
+            target_embedding = source_embedding
+        else:
+            target_embedding = TokenEmbedding(cfg, cfg.target_vocab_size, name="target_embedding")
+        self.encoder = Encoder(cfg, source_embedding)
+        self.decoder = Decoder(cfg, target_embedding)
+
+    def encode(self, inputs, inputs_segmentation=None, inputs_position=None, *, deterministic=True):
+        """inputs (B, S) -> encoded (B, S, D)."""
+        check_tokens(inputs, self.config.vocab_size, self.config.max_len, "inputs")
+        return self.encoder(
+            inputs, inputs_segmentation, inputs_position, deterministic=deterministic
+        )
+
+    def decode(
+        self,
+        encoded,
+        inputs,
+        decoder_inputs,
+        inputs_segmentation=None,
+        targets_segmentation=None,
+        targets_position=None,
+        *,
+        deterministic=True,
+        decode=False,
+    ):
+        """decoder_inputs (B, T), already shifted right -> logits (B, T, V) in float32.
+
+        `inputs` (B, S) are the source tokens, used for the cross-attention
+        padding mask. With `decode=True` the model keeps a KV cache in the
+        mutable `cache` collection: the first call (the prefill) passes the
+        encoder output and any number of tokens; later calls may pass
+        `encoded=None` and continue from the cache index.
+        """
+        cfg = self.config
+        check_tokens(decoder_inputs, cfg.output_vocab_size, cfg.max_len, "decoder_inputs")
+        return self.decoder(
+            encoded,
+            inputs,
+            decoder_inputs,
+            inputs_segmentation,
+            targets_segmentation,
+            targets_position,
+            deterministic=deterministic,
+            decode=decode,
+        )
+
+    def __call__(
+        self,
+        inputs,
+        targets,
+        inputs_segmentation=None,
+        targets_segmentation=None,
+        inputs_position=None,
+        targets_position=None,
+        *,
+        deterministic=True,
+    ):
+        """inputs (B, S), targets (B, T) -> logits (B, T, V) predicting `targets`."""
+        encoded = self.encode(
+            inputs, inputs_segmentation, inputs_position, deterministic=deterministic
+        )
+        return self.decode(
+            encoded,
+            inputs,
+            shift_right(targets, targets_position),
+            inputs_segmentation,
+            targets_segmentation,
+            targets_position,
+            deterministic=deterministic,
+        )
+
+
+def _segment_mask(query_segments, key_segments):
+    if query_segments is None or key_segments is None:
+        return None
+    return masks_lib.segment_mask(query_segments, key_segments)
+
+
+def _local_window(config, length):
+    if config.local_window is None:
+        return None
+    return masks_lib.local_window_mask(length, length, config.local_window)

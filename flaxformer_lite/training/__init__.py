@@ -1,0 +1,1 @@
+"""Losses, schedules, optimizers, the pure train/eval steps, parallelism, checkpoints."""
