@@ -64,7 +64,11 @@ class DecoderLayer(nn.Module):
 
 
 class Embedder(nn.Module):
-    """Token embedding + positional encoding, then dropout. (B, L) -> (B, L, D)."""
+    """Token embedding + positional encoding, then dropout. (B, L) -> (B, L, D).
+
+    The sum is exposed through `perturb("embedded")`, so gradients with respect
+    to each position's input (saliency, causality checks) are one `grad` away.
+    """
 
     config: TransformerConfig
     token_embedding: TokenEmbedding
@@ -74,6 +78,7 @@ class Embedder(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         x = PositionEncoding(self.config, name="position")(self.token_embedding(tokens), positions)
+        x = self.perturb("embedded", x)
         return nn.Dropout(self.config.dropout_rate)(x, deterministic=deterministic)
 
 

@@ -1,0 +1,58 @@
+"""Label-smoothed cross-entropy from integer labels, and token-weighted metrics."""
+
+import jax
+import jax.numpy as jnp
+
+from flaxformer_lite.special_tokens import PAD_ID
+
+
+def smoothed_cross_entropy(
+    logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float = 0.0
+) -> jnp.ndarray:
+    """Per-token cross-entropy against a label-smoothed target. (B, T, V), (B, T) -> (B, T).
+
+    The target puts `1 - label_smoothing` on the label and spreads the rest
+    evenly over the other V - 1 tokens. Its entropy is subtracted, so a model
+    that predicts exactly that target scores 0. No (B, T, V) one-hot is built:
+    -sum_v q_v log p_v = -(on - off) log p_label - off * sum_v log p_v.
+    """
+    vocab_size = logits.shape[-1]
+    on_value = 1.0 - label_smoothing
+    off_value = label_smoothing / (vocab_size - 1)
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # (B, T, V)
+    label_log_prob = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+    loss = -(on_value - off_value) * label_log_prob - off_value * log_probs.sum(axis=-1)
+    return loss - _entropy(on_value, off_value, vocab_size)
+
+
+def _entropy(on_value: float, off_value: float, vocab_size: int) -> float:
+    """Entropy of the smoothed target: the lowest loss any model can reach."""
+    entropy = -on_value * jnp.log(on_value)
+    if off_value > 0.0:
+        entropy -= (vocab_size - 1) * off_value * jnp.log(off_value)
+    return entropy
+
+
+def token_metrics(
+    logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float = 0.0
+) -> dict[str, jnp.ndarray]:
+    """Sums over real (non-PAD) tokens, to be added across devices before dividing.
+
+    Returns loss_sum (the training objective, smoothed), nll_sum (unsmoothed
+    cross-entropy, for perplexity), correct_sum, token_count, and per-example
+    sequence counts: sequence_count and exact_sum (all tokens right).
+    """
+    weights = (labels != PAD_ID).astype(jnp.float32)  # (B, T)
+    loss = smoothed_cross_entropy(logits, labels, label_smoothing)
+    nll = smoothed_cross_entropy(logits, labels, 0.0)
+    correct = (logits.argmax(axis=-1) == labels).astype(jnp.float32) * weights
+    has_tokens = weights.sum(axis=-1) > 0  # (B,) padding rows are not examples
+    all_correct = (correct.sum(axis=-1) == weights.sum(axis=-1)) & has_tokens
+    return {
+        "loss_sum": (loss * weights).sum(),
+        "nll_sum": (nll * weights).sum(),
+        "correct_sum": correct.sum(),
+        "token_count": weights.sum(),
+        "exact_sum": all_correct.astype(jnp.float32).sum(),
+        "sequence_count": has_tokens.astype(jnp.float32).sum(),
+    }

@@ -1,0 +1,35 @@
+"""TransformerConfig rejects bad values with a message naming the field."""
+
+import pytest
+
+from flaxformer_lite import TransformerConfig
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"d_model": 30, "num_heads": 4}, "d_model=30.*divisible by num_heads=4"),
+        ({"dropout_rate": -0.1}, "dropout_rate=-0.1.*\\[0, 1\\)"),
+        ({"attention_dropout_rate": 1.0}, "attention_dropout_rate=1.0"),
+        ({"num_encoder_layers": 0}, "num_encoder_layers=0.*at least 1"),
+        ({"num_decoder_layers": 0}, "num_decoder_layers=0"),
+        ({"vocab_size": 0}, "vocab_size=0.*positive"),
+        ({"max_len": -3}, "max_len=-3"),
+        ({"norm_placement": "middle"}, "norm_placement='middle'.*'pre', 'post'"),
+        ({"activation": "tanh"}, "activation='tanh'.*'relu', 'gelu'"),
+        ({"position_encoding": "rotary"}, "position_encoding='rotary'"),
+        ({"dtype": "float8"}, "dtype='float8'"),
+        ({"remat_policy": "some"}, "remat_policy='some'"),
+        ({"local_window": -1}, "local_window=-1"),
+        ({"target_vocab_size": 0}, "target_vocab_size=0"),
+    ],
+)
+def test_invalid_field_is_named(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TransformerConfig(**changes)
+
+
+def test_defaults_are_the_papers_base_model():
+    config = TransformerConfig()
+    assert (config.d_model, config.num_heads, config.d_ff) == (512, 8, 2048)
+    assert (config.num_encoder_layers, config.num_decoder_layers, config.head_dim) == (6, 6, 64)
