@@ -1,0 +1,46 @@
+"""Data parallelism: the pure steps under `jax.pmap` over every local device.
+
+Parameters and optimizer state are replicated (one copy per device); each
+batch arrives with a leading (num_local_devices,) axis and each device takes
+its slice. On several hosts, `jax.distributed.initialize()` joins them into one
+runtime first, after which `psum` spans every device of every host.
+"""
+
+import functools
+
+import jax
+from flax import jax_utils
+
+from flaxformer_lite.training.step import eval_step, train_step
+
+AXIS = "devices"
+
+
+def initialize_distributed(enabled: bool) -> None:
+    """Join a multi-host job (TPU pod, GPU cluster) when the config asks for it.
+
+    `jax.distributed.initialize()` reads the coordinator address, process count
+    and process id from the cluster environment (TPU metadata, SLURM, ...).
+    """
+    if enabled:
+        jax.distributed.initialize()
+
+
+def pmapped_train_step(label_smoothing: float):
+    """state (replicated), batch (devices, B, L), rng (one key) -> (state, metric sums)."""
+    step = functools.partial(train_step, label_smoothing=label_smoothing, axis_name=AXIS)
+    return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+
+
+def pmapped_eval_step(label_smoothing: float):
+    """state (replicated), batch (devices, B, L) -> metric sums (replicated)."""
+    step = functools.partial(eval_step, label_smoothing=label_smoothing, axis_name=AXIS)
+    return jax.pmap(step, axis_name=AXIS)
+
+
+replicate = jax_utils.replicate
+
+
+def unreplicate(tree):
+    """The first device's copy, on the host."""
+    return jax.device_get(jax_utils.unreplicate(tree))

@@ -1,0 +1,189 @@
+"""Losses, schedules, the optimizer and the pure steps, on one device and under pmap."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax.training.train_state import TrainState
+
+from flaxformer_lite import Transformer, TransformerConfig
+from flaxformer_lite.special_tokens import EOS_ID
+from flaxformer_lite.training import parallel
+from flaxformer_lite.training.losses import smoothed_cross_entropy, token_metrics
+from flaxformer_lite.training.optimizer import decay_mask, make_optimizer
+from flaxformer_lite.training.schedules import make_schedule, transformer_schedule
+from flaxformer_lite.training.step import eval_step, train_step
+
+
+def one_hot_reference(logits, labels, smoothing):
+    """float64, the textbook way: build the smoothed distribution, take -sum q log p."""
+    logits = np.asarray(logits, np.float64)
+    vocab = logits.shape[-1]
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    target = np.full(logits.shape, smoothing / (vocab - 1))
+    np.put_along_axis(target, np.asarray(labels)[..., None], 1.0 - smoothing, axis=-1)
+    cross_entropy = -(target * log_probs).sum(-1)
+    entropy = -(target * np.log(np.where(target > 0, target, 1.0))).sum(-1)
+    return cross_entropy - entropy
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.3])
+def test_smoothed_loss_matches_one_hot_reference(smoothing):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 5, 11)).astype(np.float32) * 3
+    labels = rng.integers(0, 11, size=(3, 5))
+    loss = smoothed_cross_entropy(logits, labels, smoothing)
+    np.testing.assert_allclose(loss, one_hot_reference(logits, labels, smoothing), atol=1e-5)
+
+
+def test_a_model_predicting_the_smoothed_target_scores_zero():
+    vocab, smoothing = 7, 0.1
+    labels = np.array([[3, 5]])
+    target = np.full((1, 2, vocab), smoothing / (vocab - 1))
+    np.put_along_axis(target, labels[..., None], 1 - smoothing, axis=-1)
+    loss = smoothed_cross_entropy(jnp.log(target), labels, smoothing)
+    np.testing.assert_allclose(loss, 0.0, atol=1e-6)
+
+
+def test_token_metrics_exclude_padding():
+    logits = jnp.zeros((1, 4, 5)).at[0, 0, 3].set(10.0)
+    labels = jnp.array([[3, 4, 0, 0]])
+    metrics = token_metrics(logits, labels)
+    assert metrics["token_count"] == 2 and metrics["correct_sum"] == 1
+    np.testing.assert_allclose(
+        metrics["loss_sum"], smoothed_cross_entropy(logits, labels)[0, :2].sum(), rtol=1e-6
+    )
+
+
+def test_transformer_schedule_at_known_steps():
+    schedule = transformer_schedule(d_model=512, warmup_steps=4000)
+    for step in (1, 100, 4000, 10_000, 100_000):
+        expected = 512**-0.5 * min(step**-0.5, step * 4000**-1.5)
+        assert float(schedule(step - 1)) == pytest.approx(expected, rel=1e-5)
+    peak = 512**-0.5 * 4000**-0.5
+    assert float(schedule(3999)) == pytest.approx(peak, rel=1e-5)
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    config = ml_collections.ConfigDict(
+        dict(schedule="cosine", learning_rate=1e-3, warmup_steps=10, num_train_steps=100)
+    )
+    schedule = make_schedule(config)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(10)) == pytest.approx(1e-3)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+
+
+def optimizer_config(**changes):
+    values = dict(
+        schedule="rsqrt",
+        learning_rate=1.0,
+        warmup_steps=10,
+        num_train_steps=100,
+        d_model=16,
+        adam_b1=0.9,
+        adam_b2=0.98,
+        adam_eps=1e-9,
+        weight_decay=0.0,
+        grad_clip_norm=1.0,
+    )
+    return ml_collections.ConfigDict({**values, **changes})
+
+
+def test_clipping_bounds_the_global_norm():
+    clip = optax.clip_by_global_norm(optimizer_config().grad_clip_norm)
+    grads = {"a": jnp.full((3,), 10.0), "b": jnp.full((2, 2), -7.0)}
+    clipped, _ = clip.update(grads, clip.init(grads))
+    assert float(optax.tree.norm(clipped)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_weight_decay_skips_biases_and_norm_scales():
+    params = {
+        "dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+        "norm": {"scale": jnp.ones(2)},
+    }
+    assert decay_mask(params) == {
+        "dense": {"kernel": True, "bias": False},
+        "norm": {"scale": False},
+    }
+    optimizer = make_optimizer(optimizer_config(weight_decay=0.5))
+    zero_grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = optimizer.update(zero_grads, optimizer.init(params), params)
+    assert float(jnp.abs(updates["dense"]["kernel"]).sum()) > 0
+    assert float(jnp.abs(updates["dense"]["bias"]).sum()) == 0
+    assert float(jnp.abs(updates["norm"]["scale"]).sum()) == 0
+
+
+TINY = TransformerConfig(
+    vocab_size=16,
+    d_model=16,
+    num_heads=2,
+    d_ff=32,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    dropout_rate=0.0,
+    max_len=8,
+)
+
+
+def random_batch(seed, rows=8, length=6):
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(4, 16, size=(rows, length)).astype(np.int32)
+    targets = inputs[:, ::-1].copy()
+    for row, keep in enumerate(rng.integers(2, length, size=rows)):  # uneven real tokens
+        inputs[row, keep:] = 0
+        targets[row, keep:] = 0
+        inputs[row, keep - 1] = targets[row, keep - 1] = EOS_ID
+    return {"inputs": inputs, "targets": targets}
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    model = Transformer(TINY)
+    batch = random_batch(0)
+    params = model.init(jax.random.key(0), batch["inputs"], batch["targets"])["params"]
+    # Plain SGD: Adam's first update is ~lr * sign(grad), which turns float32 noise
+    # in near-zero gradients into full-size differences and would hide real ones.
+    return TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(0.5))
+
+
+def test_pmap_on_four_devices_equals_one_device(tiny_state):
+    assert jax.local_device_count() == 4, "conftest sets four fake CPU devices"
+    batch, rng = random_batch(1), jax.random.key(0)
+    single_step = jax.jit(functools.partial(train_step, label_smoothing=0.1))
+    single_state, single_metrics = single_step(tiny_state, batch, rng)
+
+    sharded = jax.tree_util.tree_map(lambda x: x.reshape(4, 2, *x.shape[1:]), batch)
+    p_step = parallel.pmapped_train_step(label_smoothing=0.1)
+    multi_state, multi_metrics = p_step(parallel.replicate(tiny_state), sharded, rng)
+
+    for key in ("loss_sum", "token_count", "correct_sum", "grad_norm"):
+        np.testing.assert_allclose(multi_metrics[key][0], single_metrics[key], rtol=2e-5)
+    np.testing.assert_allclose(multi_metrics["loss_sum"][0], multi_metrics["loss_sum"][3])
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6),
+        parallel.unreplicate(multi_state.params),
+        single_state.params,
+    )
+
+    p_eval = parallel.pmapped_eval_step(label_smoothing=0.1)
+    single_eval = jax.jit(functools.partial(eval_step, label_smoothing=0.1))(tiny_state, batch)
+    multi_eval = p_eval(parallel.replicate(tiny_state), sharded)
+    np.testing.assert_allclose(multi_eval["nll_sum"][0], single_eval["nll_sum"], rtol=2e-5)
+
+
+def test_train_step_is_pure_and_lowers_the_loss(tiny_state):
+    batch, rng = random_batch(2), jax.random.key(1)
+    step = jax.jit(train_step)
+    first, metrics_a = step(tiny_state, batch, rng)
+    again, metrics_b = step(tiny_state, batch, rng)  # same inputs, same outputs
+    np.testing.assert_array_equal(metrics_a["loss_sum"], metrics_b["loss_sum"])
+    state = first
+    for _ in range(20):
+        state, metrics = step(state, batch, rng)
+    assert int(state.step) == 21
+    assert metrics["loss_sum"] < 0.8 * metrics_a["loss_sum"]
