@@ -1,0 +1,146 @@
+"""The data options: every config field the input pipeline reads, its default and its checks.
+
+The trainer's config is one flat `ml_collections.ConfigDict` shared with the model and the
+optimiser. `DataOptions.from_config` picks out the fields below; a field the config does
+not set keeps the default written here, so `configs/default.py` only names what it changes.
+`default_config()` returns these defaults as a `ConfigDict` to merge into a config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from flaxformer_lite.data.errors import DataError
+
+LENGTH_POLICIES = ("filter", "truncate")
+TOKENIZERS = ("byte", "sentencepiece")
+
+MAX_SYNTHETIC_SYMBOLS = 62  # digits, upper- and lower-case letters
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """The data fields of the config, with their defaults."""
+
+    # What to read. `dataset` is a synthetic task ("copy", "reverse", "sort", "addition"), a
+    # local-file format ("tsv", "aligned", "text", "classification") or a catalog name
+    # ("wmt14_translate/de-en", "ted_hrlr_translate/pt_to_en", "tiny_shakespeare", "lm1b",
+    # "imdb_reviews").
+    dataset: str = "reverse"
+    # Where tfds keeps prepared datasets. None: `<workdir>/data` for synthetic and local
+    # data (cheap to regenerate), tfds' own default ($TFDS_DATA_DIR or
+    # ~/tensorflow_datasets) for catalog data (expensive to download).
+    data_dir: str | None = None
+    # Catalog data only: may tfds download and prepare a dataset that is not in `data_dir`?
+    download: bool = True
+    # Catalog data only: a folder holding the dataset's source files, downloaded by hand.
+    manual_dir: str | None = None
+    # Translation pairs: False reads them in the order of the tfds name ("de-en": German to
+    # English), True the other way round.
+    reverse_translation: bool = False
+
+    # Synthetic tasks: symbols per string (or the base of the addition), the length range of
+    # a training string (or of an addend, in digits), the example counts and the seed.
+    synthetic_num_symbols: int = 10
+    synthetic_min_length: int = 4
+    synthetic_max_length: int = 12
+    num_train_examples: int = 50_000
+    num_eval_examples: int = 1_000  # in each of validation, test and test_long
+    data_seed: int = 0
+
+    # Local files. "tsv", "text" and "classification" read `train_file` and, if set,
+    # `eval_file`; "aligned" reads `source_file`/`target_file` and, if set,
+    # `eval_source_file`/`eval_target_file`.
+    train_file: str | None = None
+    eval_file: str | None = None
+    source_file: str | None = None
+    target_file: str | None = None
+    eval_source_file: str | None = None
+    eval_target_file: str | None = None
+
+    # Tokenizer: "byte" (UTF-8 bytes, nothing to train) or "sentencepiece" (trained on the
+    # training split, at most `vocab_size` pieces, from at most this many characters).
+    tokenizer: str = "byte"
+    vocab_size: int = 8_000
+    sentencepiece_max_corpus_chars: int = 10_000_000
+
+    # Shapes. Lengths count tokens including the final EOS. Training rows are packed with
+    # several examples when `pack_examples`; evaluation rows always hold one example.
+    max_source_length: int = 32
+    max_target_length: int = 32
+    per_device_batch_size: int = 32
+    per_device_eval_batch_size: int | None = None  # None: per_device_batch_size
+    pack_examples: bool = True
+    # Examples longer than the limits are dropped ("filter") or cut ("truncate", keeping the
+    # final EOS). Either way they are counted and reported.
+    overlong: str = "filter"
+
+    # Reading: the shuffle seed, and the number of grain worker processes (0: tokenise in
+    # threads of the training process).
+    seed: int = 0
+    grain_worker_count: int = 0
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> DataOptions:
+        """Reads the data fields of `config`, taking defaults for the ones it lacks."""
+        values = {
+            field.name: config.get(field.name, field.default) for field in dataclasses.fields(cls)
+        }
+        options = cls(**values)
+        options.check()
+        return options
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Examples per device in an evaluation batch."""
+        return self.per_device_eval_batch_size or self.per_device_batch_size
+
+    def check(self) -> None:
+        """Raises `DataError` naming the first option whose value cannot work."""
+        for name in ("max_source_length", "max_target_length"):
+            if self._int(name) < 2:
+                self._fail(
+                    name,
+                    "is too small: every sequence ends with EOS, so a limit needs room for "
+                    "one token plus EOS; set it to 2 or more",
+                )
+        for name in ("per_device_batch_size", "vocab_size", "sentencepiece_max_corpus_chars"):
+            if self._int(name) < 1:
+                self._fail(name, "must be a positive integer")
+        if (
+            self.per_device_eval_batch_size is not None
+            and self._int("per_device_eval_batch_size") < 1
+        ):
+            self._fail("per_device_eval_batch_size", "must be a positive integer or None")
+        if self.overlong not in LENGTH_POLICIES:
+            self._fail("overlong", f"must be one of {LENGTH_POLICIES}")
+        if self.tokenizer not in TOKENIZERS:
+            self._fail("tokenizer", f"must be one of {TOKENIZERS}")
+        if not 2 <= self._int("synthetic_num_symbols") <= MAX_SYNTHETIC_SYMBOLS:
+            self._fail("synthetic_num_symbols", f"must be between 2 and {MAX_SYNTHETIC_SYMBOLS}")
+        if self._int("synthetic_min_length") < 1:
+            self._fail("synthetic_min_length", "must be at least 1")
+        if self._int("synthetic_max_length") < self.synthetic_min_length:
+            self._fail("synthetic_max_length", "must be at least synthetic_min_length")
+        for name in ("num_train_examples", "num_eval_examples"):
+            if self._int(name) < 1:
+                self._fail(name, "must be a positive integer")
+        for name in ("data_seed", "seed", "grain_worker_count"):
+            if self._int(name) < 0:
+                self._fail(name, "must be a non-negative integer")
+
+    def _int(self, name: str) -> int:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self._fail(name, "must be an integer")
+        return value
+
+    def _fail(self, name: str, problem: str) -> None:
+        raise DataError(f"config.{name}={getattr(self, name)!r} {problem}.")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The data fields and their defaults, for `config.update(default_config())`."""
+    return ml_collections.ConfigDict(dataclasses.asdict(DataOptions()))
