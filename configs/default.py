@@ -36,9 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.grain_worker_count = 0
 
     # Model: see flaxformer_lite.TransformerConfig for every field.
-    config.d_model = 128
+    config.d_model = 64
     config.num_heads = 4
-    config.d_ff = 512
+    config.d_ff = 256
     config.num_encoder_layers = 2
     config.num_decoder_layers = 2
     config.dropout_rate = 0.1
@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.remat_policy = "none"
 
     # Optimisation: Adam with the paper's betas and warm-up schedule.
-    config.num_train_steps = 1_500
+    config.num_train_steps = 1_600
     config.schedule = "rsqrt"  # rsqrt: lr = learning_rate * d^-0.5 * min(s^-0.5, s * w^-1.5)
     config.learning_rate = 2.0  # multiplier of the rsqrt schedule; the peak of cosine
     config.warmup_steps = 400
@@ -68,12 +68,13 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Evaluation, logging, checkpoints.
     config.log_every_steps = 50
-    config.eval_every_steps = 500
+    config.eval_every_steps = 400
     config.max_decode_length = 16
     config.beam_size = 1
     config.length_penalty_alpha = 0.6
     config.num_print_examples = 5
-    config.checkpoint_every_steps = 500
+    config.eval_bleu = False  # corpus BLEU (sacrebleu) of decoded text; for real translation
+    config.checkpoint_every_steps = 400
     config.keep_checkpoints = 3
 
     # Multi-host: call jax.distributed.initialize() (TPU pods, GPU clusters).

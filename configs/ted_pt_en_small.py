@@ -32,5 +32,6 @@ def get_config():
     config.eval_every_steps = 2_000
     config.max_decode_length = 128
     config.beam_size = 4
+    config.eval_bleu = True
     config.checkpoint_every_steps = 2_000
     return config

@@ -42,6 +42,7 @@ def get_config():
     config.eval_every_steps = 5_000
     config.max_decode_length = 256
     config.beam_size = 4
+    config.eval_bleu = True
     config.length_penalty_alpha = 0.6
     config.checkpoint_every_steps = 5_000
     return config

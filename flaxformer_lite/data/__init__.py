@@ -23,7 +23,7 @@ Modules, in the order the data flow through them:
     errors       `DataError`, the one-line error for bad input
 """
 
-from flaxformer_lite.data.datasets import Datasets, create_datasets
+from flaxformer_lite.data.datasets import Datasets, create_datasets, load_tokenizer
 from flaxformer_lite.data.errors import DataError
 from flaxformer_lite.data.options import DataOptions, default_config
 from flaxformer_lite.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, Tokenizer
@@ -37,4 +37,5 @@ __all__ = [
     "Tokenizer",
     "create_datasets",
     "default_config",
+    "load_tokenizer",
 ]

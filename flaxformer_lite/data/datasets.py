@@ -136,6 +136,24 @@ def make_tokenizer(
     )
 
 
+def load_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
+    """The tokenizer a training run in `workdir` used, without touching its dataset.
+
+    For inference: the byte tokenizer needs nothing; a SentencePiece model is
+    read from the file `make_tokenizer` saved in the workdir.
+    """
+    options = DataOptions.from_config(config)
+    if options.tokenizer == "byte":
+        return tokenizers.ByteTokenizer()
+    models = sorted(pathlib.Path(workdir).glob(f"sentencepiece_*_{options.vocab_size}.model"))
+    if len(models) != 1:
+        raise DataError(
+            f"Expected one SentencePiece model sentencepiece_*_{options.vocab_size}.model in "
+            f"{workdir}, found {len(models)}: point --workdir at the training run's workdir."
+        )
+    return tokenizers.SentencePieceTokenizer(models[0].read_bytes())
+
+
 def train_length_report(
     text: sources.TextData,
     tokenizer: Tokenizer,

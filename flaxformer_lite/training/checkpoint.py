@@ -11,6 +11,7 @@ import os
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
@@ -21,14 +22,14 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """Save every `save_every` steps (and on demand), keep the last `keep`."""
+    """Save every `save_every` steps (the caller asks `should_save`), keep the last `keep`."""
 
     def __init__(self, workdir: str, save_every: int, keep: int = 3, async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+        self.save_every = save_every
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                save_interval_steps=save_every,
                 max_to_keep=keep,
                 enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=True,
@@ -39,14 +40,14 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def should_save(self, step: int) -> bool:
-        return self.manager.should_save(step)
+        return step % self.save_every == 0
 
-    def save(self, step: int, state, data_iterator=None, *, force: bool = False) -> bool:
-        """Start saving `state` (host copy, unreplicated) at `step`; returns whether it saves."""
+    def save(self, step: int, state, data_iterator=None) -> None:
+        """Start saving `state` (a host copy) at `step`; the writing finishes in the background."""
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(self, state_template, data_iterator=None, step: int | None = None):
         """The state saved at `step` (default: latest), shaped like `state_template`.
@@ -55,19 +56,25 @@ class Checkpointer:
         CheckpointError naming the directory if the files cannot be read.
         """
         step = self.latest_step() if step is None else step
-        items = {"state": ocp.args.StandardRestore(jax.device_get(state_template))}
+        template = jax.device_get(state_template)
+        items = {"state": ocp.args.StandardRestore(template)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # orbax raises many types; all mean "unusable"
-            raise CheckpointError(
-                f"Cannot restore checkpoint step {step} from {self.directory}: "
-                f"{type(error).__name__}: {str(error)[:300]}. The files are corrupt or were "
-                "written by a different model or config; delete that step directory to fall "
-                "back to an earlier one, or train in a fresh --workdir."
-            ) from error
+            raise self._unusable(step, f"{type(error).__name__}: {str(error)[:300]}") from error
+        mismatch = _first_shape_mismatch(template, restored["state"])
+        if mismatch:
+            raise self._unusable(step, mismatch)
         return restored["state"]
+
+    def _unusable(self, step, problem: str) -> CheckpointError:
+        return CheckpointError(
+            f"Cannot restore checkpoint step {step} from {self.directory}: {problem}. The files "
+            "are corrupt or were written by a different model or config; delete that step "
+            "directory to fall back to an earlier one, or train in a fresh --workdir."
+        )
 
     def wait(self) -> None:
         """Block until asynchronous saves have finished."""
@@ -75,6 +82,19 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _first_shape_mismatch(expected, restored) -> str | None:
+    """Orbax restores saved shapes even where the template differs: catch that here."""
+    expected_leaves = jax.tree_util.tree_leaves_with_path(expected)
+    restored_leaves = jax.tree_util.tree_leaves(restored)
+    if len(expected_leaves) != len(restored_leaves):
+        return f"{len(restored_leaves)} arrays saved, {len(expected_leaves)} expected"
+    for (path, want), got in zip(expected_leaves, restored_leaves, strict=True):
+        if np.shape(want) != np.shape(got):
+            name = jax.tree_util.keystr(path)
+            return f"{name} has shape {np.shape(got)}, the model expects {np.shape(want)}"
+    return None
 
 
 def restore_params(workdir: str, step: int | None = None):

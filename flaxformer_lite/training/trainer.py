@@ -1,16 +1,20 @@
 """The training loop: data -> pmapped train_step -> metrics, evaluation, checkpoints."""
 
 import dataclasses
+import functools
 import os
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax.training.train_state import TrainState
 from tqdm import tqdm
 
+from flaxformer_lite import evaluation
 from flaxformer_lite.config import TransformerConfig
 from flaxformer_lite.data import create_datasets
+from flaxformer_lite.decoding import decode_batch
 from flaxformer_lite.models.encoder_decoder import Transformer
 from flaxformer_lite.training import parallel
 from flaxformer_lite.training.checkpoint import Checkpointer
@@ -47,16 +51,64 @@ def evaluate(p_eval_step, state, datasets, split: str = "validation") -> dict[st
     return summarize([_first_replica(s) for s in sums])
 
 
+def pmapped_decode(model: Transformer, config):
+    """params (replicated), inputs (devices, B, S) -> tokens (devices, B, max_decode_length)."""
+    decode = functools.partial(
+        decode_batch,
+        model,
+        max_decode_len=config.max_decode_length,
+        beam_size=config.beam_size,
+        alpha=config.length_penalty_alpha,
+    )
+    return jax.pmap(decode)
+
+
+def decode_split(p_decode, params, datasets, split: str = "validation"):
+    """Generate for every example of `split`: (sources, predictions, references) token rows."""
+    sources, predictions, references = [], [], []
+    for batch in datasets.eval_batches(split):
+        tokens = jax.device_get(p_decode(params, batch["inputs"]))
+        real = batch["targets"].reshape(-1, batch["targets"].shape[-1]).any(axis=-1)
+        sources.extend(batch["inputs"].reshape(-1, batch["inputs"].shape[-1])[real])
+        predictions.extend(tokens.reshape(-1, tokens.shape[-1])[real])
+        references.extend(batch["targets"].reshape(-1, batch["targets"].shape[-1])[real])
+    return sources, predictions, references
+
+
+def generation_metrics(config, tokenizer, predictions, references) -> dict[str, float]:
+    """Exact match of generated sequences; corpus BLEU (sacrebleu) when config.eval_bleu."""
+    metrics = {"exact_match": evaluation.exact_match(np.array(predictions), np.array(references))}
+    if config.eval_bleu:
+        bleu, signature = evaluation.corpus_bleu(
+            [tokenizer.decode(p) for p in predictions], [tokenizer.decode(r) for r in references]
+        )
+        metrics["bleu"] = bleu
+        print(f"BLEU {bleu:.2f} ({signature})")
+    return metrics
+
+
+def print_examples(tokenizer, sources, predictions, references, count: int) -> None:
+    examples = zip(sources[:count], predictions[:count], references[:count], strict=True)
+    for source, prediction, reference in examples:
+        mark = "ok " if tokenizer.decode(prediction) == tokenizer.decode(reference) else "BAD"
+        print(
+            f"{mark} {tokenizer.decode(source)!r} -> {tokenizer.decode(prediction)!r}"
+            f"  (reference {tokenizer.decode(reference)!r})"
+        )
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Train the configured model in `workdir`, resuming from its latest checkpoint.
 
-    Returns the final evaluation metrics (also printed as the last line,
-    `final: key=value ...`).
+    Returns the final evaluation metrics, also printed as the run's last line,
+    `final: key=value ...`.
     """
     parallel.initialize_distributed(config.distributed)
     is_chief = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     datasets = create_datasets(config, workdir, jax.local_device_count())
+    if is_chief:
+        print(datasets.info)
     model = Transformer(model_config_from(config, datasets.tokenizer.vocab_size))
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     state = create_train_state(model, config, init_rng)
@@ -72,54 +124,63 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     learning_rate = make_schedule(config)
     p_train_step = parallel.pmapped_train_step(config.label_smoothing)
     p_eval_step = parallel.pmapped_eval_step(config.label_smoothing)
+    p_decode = pmapped_decode(model, config)
     writer = MetricWriter(workdir, enabled=is_chief)
+
+    def run_evaluation(step, train):
+        teacher_forced = evaluate(p_eval_step, state, datasets)
+        sources, predictions, references = decode_split(p_decode, state.params, datasets)
+        metrics = {
+            "train_loss": train.get("loss", float("nan")),
+            "eval_loss": teacher_forced["loss"],
+            "eval_perplexity": teacher_forced["perplexity"],
+            "eval_accuracy": teacher_forced["accuracy"],
+            **generation_metrics(config, datasets.tokenizer, predictions, references),
+            "tokens_per_s": train.get("tokens_per_s", float("nan")),
+            "learning_rate": float(learning_rate(step - 1)),
+        }
+        writer.write(step, metrics)
+        return metrics, (sources, predictions, references)
+
     start_step = int(state.step)
     state = parallel.replicate(state)
-
-    pending, interval_start, final = [], time.perf_counter(), {}
+    train, pending, interval_start = {}, [], time.perf_counter()
     progress = tqdm(
         range(start_step, config.num_train_steps),
         initial=start_step,
         total=config.num_train_steps,
         disable=not is_chief,
         dynamic_ncols=True,
+        mininterval=1.0,
     )
     for step in progress:
         batch = next(datasets.train_iter)
         state, metrics = p_train_step(state, batch, dropout_rng)
-        pending.append(metrics)  # still on device: no host sync until we log
+        pending.append(metrics)  # stays on device: no host sync until the next log
         done = step + 1
         last = done == config.num_train_steps
         if done % config.log_every_steps == 0 or last:
             train = summarize([_first_replica(m) for m in pending])
-            seconds = time.perf_counter() - interval_start
-            train["tokens_per_s"] = train.pop("tokens") / seconds
-            train["learning_rate"] = float(learning_rate(done - 1))
+            train["tokens_per_s"] = train.pop("tokens") / (time.perf_counter() - interval_start)
             progress.set_postfix(
                 loss=f"{train['loss']:.3f}",
-                lr=f"{train['learning_rate']:.2e}",
+                lr=f"{float(learning_rate(step)):.2e}",
                 tok_s=f"{train['tokens_per_s']:.0f}",
             )
-            pending, interval_start = [], time.perf_counter()
-        if done % config.eval_every_steps == 0 or last:
-            evaluation = evaluate(p_eval_step, state, datasets)
-            final = {
-                "train_loss": train["loss"],
-                "eval_loss": evaluation["loss"],
-                "eval_perplexity": evaluation["perplexity"],
-                "eval_accuracy": evaluation["accuracy"],
-                "exact_match": evaluation["teacher_forced_exact"],
-                "tokens_per_s": train["tokens_per_s"],
-                "learning_rate": train["learning_rate"],
-            }
-            writer.write(done, final)
-            progress.write(f"step {done}: {format_metrics(final)}")
-            interval_start = time.perf_counter()  # evaluation time is not training time
+            pending = []
+        if done % config.eval_every_steps == 0 and not last:
+            metrics, _ = run_evaluation(done, train)
+            progress.write(f"step {done}: {format_metrics(metrics)}")
         if checkpointer.should_save(done) or last:
-            checkpointer.save(done, parallel.unreplicate(state), datasets.train_iter, force=last)
+            checkpointer.save(done, parallel.unreplicate(state), datasets.train_iter)
+        if done % config.log_every_steps == 0:
+            interval_start = time.perf_counter()  # evaluation and saving are not training time
     checkpointer.wait()
     checkpointer.close()
+
+    final, examples = run_evaluation(max(start_step, config.num_train_steps), train)
     writer.close()
     if is_chief:
+        print_examples(datasets.tokenizer, *examples, config.num_print_examples)
         print(f"final: step={config.num_train_steps} {format_metrics(final)}", flush=True)
     return final
