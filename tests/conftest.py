@@ -1,7 +1,15 @@
-"""Test set-up: four fake CPU devices, so pmap code runs as it would on a host."""
+"""Test set-up: four fake CPU devices (pmap runs as on a real host), shared fixtures.
+
+Nothing here imports jax: the XLA flags below must be set before it is.
+"""
 
 import os
+import pathlib
+import subprocess
+import sys
 import tempfile
+
+import pytest
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ["XLA_FLAGS"] = (
@@ -12,3 +20,42 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "flaxformer_lite_jax_cache")
 )
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# A tiny run of the default task: shared by the train.py end-to-end and translate tests.
+TINY_TRAINING = dict(
+    d_model=32,
+    num_heads=2,
+    d_ff=64,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    num_train_examples=512,
+    num_eval_examples=64,
+    per_device_batch_size=4,
+    per_device_eval_batch_size=8,
+    synthetic_max_length=6,
+    max_source_length=8,
+    max_target_length=8,
+    max_decode_length=8,
+    log_every_steps=4,
+    eval_every_steps=8,
+    checkpoint_every_steps=4,
+    num_print_examples=2,
+)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """`python train.py` for 8 tiny steps: (workdir, completed process)."""
+    workdir = tmp_path_factory.mktemp("trained") / "run"
+    flags = [f"--config.{key}={value}" for key, value in TINY_TRAINING.items()]
+    result = subprocess.run(
+        [sys.executable, "train.py", f"--workdir={workdir}", "--config.num_train_steps=8", *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
