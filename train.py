@@ -12,6 +12,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from flaxformer_lite.data import DataError
+from flaxformer_lite.training.checkpoint import CheckpointError
 from flaxformer_lite.training.trainer import train_and_evaluate
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
@@ -24,7 +26,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (DataError, CheckpointError) as error:  # bad input: one line, no stack trace
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ line, e.g. `python train.py --config.num_train_steps=2000`.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -13,19 +14,24 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Data: a synthetic task prepared by tensorflow-datasets, read through grain.
     config.dataset = "reverse"  # copy | reverse | sort | addition | tsv | a TFDS catalog name
-    config.data_dir = None  # None: prepared data lives under <workdir>/data
+    config.data_dir = placeholder(str)  # unset: <workdir>/data, or tfds' default for catalog
+    config.download = True  # catalog datasets: may tfds download what data_dir lacks?
+    config.manual_dir = placeholder(str)  # catalog datasets: source files downloaded by hand
     config.tokenizer = "byte"  # byte | sentencepiece
     config.vocab_size = 8000  # SentencePiece only; the byte tokenizer's size is fixed
+    config.sentencepiece_max_corpus_chars = 10_000_000
     config.synthetic_num_symbols = 10  # alphabet size of the synthetic strings
     config.synthetic_min_length = 4
     config.synthetic_max_length = 12
     config.num_train_examples = 50_000
     config.num_eval_examples = 1_000
     config.data_seed = 0
-    config.train_file = None  # your own data: a source<TAB>target TSV (dataset="tsv")
-    config.eval_file = None
-    config.source_file = None  # ... or two aligned files, one sentence per line
-    config.target_file = None
+    config.train_file = placeholder(str)  # your own data: a source<TAB>target TSV (dataset="tsv")
+    config.eval_file = placeholder(str)
+    config.source_file = placeholder(str)  # ... or two aligned files, one sentence per line
+    config.target_file = placeholder(str)  # (dataset="aligned")
+    config.eval_source_file = placeholder(str)
+    config.eval_target_file = placeholder(str)
     config.reverse_translation = False
     config.max_source_length = 16  # tokens, including EOS
     config.max_target_length = 16

@@ -10,7 +10,6 @@ from configs import default
 def get_config():
     config = default.get_config()
     config.dataset = "ted_hrlr_translate/pt_to_en"
-    config.data_dir = None
     config.tokenizer = "sentencepiece"
     config.vocab_size = 8_000
     config.max_source_length = 128

@@ -13,7 +13,6 @@ def get_config():
     config = default.get_config()
     config.dataset = "wmt14_translate/de-en"
     config.reverse_translation = True  # the catalog pairs are de-en; we translate en -> de
-    config.data_dir = None  # tfds default (~/tensorflow_datasets); prepare it once online
     config.tokenizer = "sentencepiece"
     config.vocab_size = 37_000
     config.max_source_length = 256

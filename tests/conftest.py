@@ -4,12 +4,12 @@ Nothing here imports jax: the XLA flags below must be set before it is.
 """
 
 import os
-import pathlib
 import subprocess
 import sys
 import tempfile
 
 import pytest
+from tiny_training import REPO, TINY_TRAINING
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ["XLA_FLAGS"] = (
@@ -20,29 +20,6 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "flaxformer_lite_jax_cache")
 )
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-# A tiny run of the default task: shared by the train.py end-to-end and translate tests.
-TINY_TRAINING = dict(
-    d_model=32,
-    num_heads=2,
-    d_ff=64,
-    num_encoder_layers=1,
-    num_decoder_layers=1,
-    num_train_examples=512,
-    num_eval_examples=64,
-    per_device_batch_size=4,
-    per_device_eval_batch_size=8,
-    synthetic_max_length=6,
-    max_source_length=8,
-    max_target_length=8,
-    max_decode_length=8,
-    log_every_steps=4,
-    eval_every_steps=8,
-    checkpoint_every_steps=4,
-    num_print_examples=2,
-)
 
 
 @pytest.fixture(scope="session")

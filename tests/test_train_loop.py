@@ -4,11 +4,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import TINY_TRAINING
+from tiny_training import REPO, TINY_TRAINING
 
 from configs.default import get_config
 from flaxformer_lite.training.checkpoint import CheckpointError, restore_params
@@ -77,3 +79,44 @@ def test_incompatible_checkpoint_gives_a_clear_error(tmp_path):
     run_params(workdir, 4)
     with pytest.raises(CheckpointError, match="different model or config"):
         train_and_evaluate(tiny_config(num_train_steps=8, d_model=48), str(workdir))
+
+
+def test_an_undownloadable_dataset_stops_with_one_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--config=configs/wmt14_ende_base.py",
+            f"--workdir={tmp_path}",
+            "--config.download=False",
+            f"--config.data_dir={tmp_path / 'tfds'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "wmt14_translate" in last_line
+    assert "Traceback" not in result.stderr
+
+
+def test_a_missing_tsv_is_named_in_one_line(tmp_path):
+    missing = tmp_path / "nowhere.tsv"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"--workdir={tmp_path / 'run'}",
+            "--config.dataset=tsv",
+            f"--config.train_file={missing}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and str(missing) in last_line

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from tiny_training import REPO
 
 from flaxformer_lite.translate import Translator
 
