@@ -4,12 +4,10 @@ Nothing here imports jax: the XLA flags below must be set before it is.
 """
 
 import os
-import subprocess
-import sys
 import tempfile
 
 import pytest
-from tiny_training import REPO, TINY_TRAINING
+from tiny_training import TINY_TRAINING, run_train_py
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ["XLA_FLAGS"] = (
@@ -27,12 +25,6 @@ def trained_run(tmp_path_factory):
     """`python train.py` for 8 tiny steps: (workdir, completed process)."""
     workdir = tmp_path_factory.mktemp("trained") / "run"
     flags = [f"--config.{key}={value}" for key, value in TINY_TRAINING.items()]
-    result = subprocess.run(
-        [sys.executable, "train.py", f"--workdir={workdir}", "--config.num_train_steps=8", *flags],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_train_py(f"--workdir={workdir}", "--config.num_train_steps=8", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result

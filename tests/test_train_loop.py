@@ -4,13 +4,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from tiny_training import REPO, TINY_TRAINING
+from tiny_training import TINY_TRAINING, run_train_py
 
 from configs.default import get_config
 from flaxformer_lite.training.checkpoint import CheckpointError, restore_params
@@ -82,19 +80,11 @@ def test_incompatible_checkpoint_gives_a_clear_error(tmp_path):
 
 
 def test_an_undownloadable_dataset_stops_with_one_line(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--config=configs/wmt14_ende_base.py",
-            f"--workdir={tmp_path}",
-            "--config.download=False",
-            f"--config.data_dir={tmp_path / 'tfds'}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_train_py(
+        "--config=configs/wmt14_ende_base.py",
+        f"--workdir={tmp_path}",
+        "--config.download=False",
+        f"--config.data_dir={tmp_path / 'tfds'}",
     )
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
@@ -104,18 +94,8 @@ def test_an_undownloadable_dataset_stops_with_one_line(tmp_path):
 
 def test_a_missing_tsv_is_named_in_one_line(tmp_path):
     missing = tmp_path / "nowhere.tsv"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            f"--workdir={tmp_path / 'run'}",
-            "--config.dataset=tsv",
-            f"--config.train_file={missing}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_train_py(
+        f"--workdir={tmp_path / 'run'}", "--config.dataset=tsv", f"--config.train_file={missing}"
     )
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]

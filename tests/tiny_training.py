@@ -1,6 +1,8 @@
 """Shared settings of the tiny training runs that several test files make."""
 
 import pathlib
+import subprocess
+import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,3 +26,10 @@ TINY_TRAINING = dict(
     checkpoint_every_steps=4,
     num_print_examples=2,
 )
+
+
+def run_train_py(*flags: str) -> subprocess.CompletedProcess:
+    """`python train.py FLAGS...` from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "train.py", *flags], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
