@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.remat_policy = "none"
 
     # Optimisation: Adam with the paper's betas and warm-up schedule.
-    config.num_train_steps = 1_600
+    config.num_train_steps = 1_400
     config.schedule = "rsqrt"  # rsqrt: lr = learning_rate * d^-0.5 * min(s^-0.5, s * w^-1.5)
     config.learning_rate = 2.0  # multiplier of the rsqrt schedule; the peak of cosine
     config.warmup_steps = 400
