@@ -27,7 +27,14 @@ def test_train_py_end_to_end(trained_run):
     assert final_line.startswith("final: ")
     final = dict(item.split("=") for item in final_line[len("final: ") :].split())
     assert int(final["step"]) == 8
-    for key in ("eval_loss", "eval_accuracy", "exact_match", "tokens_per_s", "learning_rate"):
+    for key in (
+        "eval_loss",
+        "eval_accuracy",
+        "exact_match",
+        "tokens_per_s",
+        "mfu",
+        "learning_rate",
+    ):
         assert np.isfinite(float(final[key])), key
 
     lines = (workdir / "metrics.jsonl").read_text().splitlines()

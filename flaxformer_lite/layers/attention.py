@@ -80,7 +80,7 @@ class MultiHeadAttention(nn.Module):
 
     `is_self_attention` decides what the decode cache holds: for decoder
     self-attention, the keys and values of every position generated so far
-    (a static (B, max_len, H, Dh) buffer written in place); for
+    (a static (B, H, max_len, Dh) buffer written in place); for
     cross-attention, the projected encoder keys and values, computed once per
     source on the first decode call and reused at every step after it.
 
@@ -159,14 +159,17 @@ class MultiHeadAttention(nn.Module):
         the full-length input and attends normally.
         """
         initialized = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        heads_first = (key.shape[0], key.shape[2], key.shape[1], key.shape[3])  # (B, H, L, Dh)
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, heads_first, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, heads_first, value.dtype)
         if not initialized:
             return key, value, mask
-        num_new, max_length = key.shape[1], cached_key.value.shape[1]
-        start = (0, cache_index, 0, 0)
-        cached_key.value = lax.dynamic_update_slice(cached_key.value, key, start)
-        cached_value.value = lax.dynamic_update_slice(cached_value.value, value, start)
+        num_new, max_length = key.shape[1], cached_key.value.shape[2]
+        start = (0, 0, cache_index, 0)
+        cached_key.value = lax.dynamic_update_slice(cached_key.value, key.swapaxes(1, 2), start)
+        cached_value.value = lax.dynamic_update_slice(
+            cached_value.value, value.swapaxes(1, 2), start
+        )
         # New query q sits at position cache_index + q and may see keys up to there.
         visible = masks_lib.causal_mask(num_new, max_length, offset=cache_index)
         if self.config.local_window is not None:
@@ -174,9 +177,11 @@ class MultiHeadAttention(nn.Module):
                 num_new, max_length, self.config.local_window, offset=cache_index
             )
             visible = visible & window
-        return cached_key.value, cached_value.value, masks_lib.combine_masks(mask, visible)
+        key, value = cached_key.value.swapaxes(1, 2), cached_value.value.swapaxes(1, 2)
+        return key, value, masks_lib.combine_masks(mask, visible)
 
     def _store_cross_key_value(self, key, value):
+        key, value = key.swapaxes(1, 2), value.swapaxes(1, 2)  # stored (B, H, S, Dh)
         self.variable("cache", "cross_key", jnp.zeros, key.shape, key.dtype).value = key
         self.variable("cache", "cross_value", jnp.zeros, value.shape, value.dtype).value = value
 
@@ -186,4 +191,6 @@ class MultiHeadAttention(nn.Module):
                 "Cross-attention has no cached encoder keys/values: run the first decode "
                 "step (the prefill) with the encoder output before calling it with encoded=None."
             )
-        return self.get_variable("cache", "cross_key"), self.get_variable("cache", "cross_value")
+        key = self.get_variable("cache", "cross_key")
+        value = self.get_variable("cache", "cross_value")
+        return key.swapaxes(1, 2), value.swapaxes(1, 2)  # back to (B, S, H, Dh)

@@ -11,7 +11,7 @@ import numpy as np
 from flax.training.train_state import TrainState
 from tqdm import tqdm
 
-from flaxformer_lite import evaluation
+from flaxformer_lite import evaluation, flops
 from flaxformer_lite.config import TransformerConfig
 from flaxformer_lite.data import create_datasets
 from flaxformer_lite.decoding import decode_batch
@@ -97,6 +97,24 @@ def print_examples(tokenizer, sources, predictions, references, count: int) -> N
         )
 
 
+def step_flops_and_peak(model_config: TransformerConfig, config) -> tuple[float, float]:
+    """Model FLOPs of one global training step, and the FLOP/s that MFU divides by.
+
+    Accelerators use their data-sheet peak times the device count. On CPU the
+    (possibly fake) devices share one host, whose ceiling is a matmul measured
+    now, small enough to take about a second.
+    """
+    rows = config.per_device_batch_size * jax.device_count()
+    step_flops = flops.train_step_flops(
+        model_config, rows, config.max_source_length, config.max_target_length
+    )
+    device = jax.devices()[0]
+    peak = flops.table_peak_flops(device.device_kind)
+    if peak is not None:
+        return step_flops, peak * jax.device_count()
+    return step_flops, flops.measure_matmul_flops(model_config.dtype, size=1024, repeats=3)
+
+
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Train the configured model in `workdir`, resuming from its latest checkpoint.
 
@@ -109,7 +127,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     datasets = create_datasets(config, workdir, jax.local_device_count())
     if is_chief:
         print(datasets.info)
-    model = Transformer(model_config_from(config, datasets.tokenizer.vocab_size))
+    model_config = model_config_from(config, datasets.tokenizer.vocab_size)
+    model = Transformer(model_config)
+    step_flops, peak_flops = step_flops_and_peak(model_config, config)
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     state = create_train_state(model, config, init_rng)
 
@@ -137,6 +157,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             "eval_accuracy": teacher_forced["accuracy"],
             **generation_metrics(config, datasets.tokenizer, predictions, references),
             "tokens_per_s": train.get("tokens_per_s", float("nan")),
+            "mfu": train.get("mfu", float("nan")),
             "learning_rate": float(learning_rate(step - 1)),
         }
         writer.write(step, metrics)
@@ -161,11 +182,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         last = done == config.num_train_steps
         if done % config.log_every_steps == 0 or last:
             train = summarize([_first_replica(m) for m in pending])
-            train["tokens_per_s"] = train.pop("tokens") / (time.perf_counter() - interval_start)
+            seconds = time.perf_counter() - interval_start
+            train["tokens_per_s"] = train.pop("tokens") / seconds
+            train["mfu"] = step_flops * len(pending) / seconds / peak_flops
             progress.set_postfix(
                 loss=f"{train['loss']:.3f}",
                 lr=f"{float(learning_rate(step)):.2e}",
                 tok_s=f"{train['tokens_per_s']:.0f}",
+                mfu=f"{train['mfu']:.1%}",
             )
             pending = []
         if done % config.eval_every_steps == 0 and not last:
