@@ -1,0 +1,151 @@
+"""Run the benchmark suite on this machine: one table, then one key=value line per headline.
+
+    python benchmarks/run.py                   # everything (~10 minutes on a 2-core CPU)
+    python benchmarks/run.py --only train      # one part: train, compile, memory, decode, data
+
+Parts:
+  train    train step on the bench workload vs the PyTorch peer (alternated,
+           medians), model FLOPs per step, achieved FLOP/s, MFU against a
+           matmul ceiling measured in the same run
+  compile  compile time of the train step at 2 and 12 layers, scanned and not
+  memory   peak memory of a 12-layer model with each remat policy
+  decode   benchmarks/decode_speed.py, when present
+  data     benchmarks/data_pipeline.py, when present
+
+The peer needs torch (`pip install torch==2.13.0`, the `bench` extra); without
+it the train part reports our side alone. Every run also writes its results,
+with the machine and library versions, to benchmarks/results/<time>.json so
+runs can be compared.
+"""
+
+import argparse
+import datetime
+import functools
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import compile_time
+import jax
+import memory
+import train_speed
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PARTS = {
+    "train": train_speed.run,
+    "compile": compile_time.run,
+    "memory": memory.run,
+}
+OPTIONAL_PARTS = {"decode": "decode_speed", "data": "data_pipeline"}  # other people's modules
+HEADLINES = (
+    "train_ratio_vs_torch",
+    "mfu",
+    "compile_ratio_12_vs_2",
+    "remat_full_peak_ratio",
+    "decode_cache_speedup",
+)
+
+
+def optional_part(module_name: str):
+    """benchmarks/<module_name>.py's `run`, a runner of the script if it has none, or None."""
+    path = os.path.join(HERE, f"{module_name}.py")
+    if not os.path.exists(path):
+        return None
+    module = importlib.import_module(module_name)
+    return getattr(module, "run", None) or functools.partial(run_script, path)
+
+
+def run_script(path: str) -> dict:
+    """A part without `run() -> dict`: run it as a script, echo and keep what it prints."""
+    command = [sys.executable, path]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    print(output, end="", flush=True)
+    return {"output": output.splitlines()}
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested results become table rows."""
+    flat = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{name}.")
+        else:
+            flat[prefix + name] = value
+    return flat
+
+
+def environment() -> dict:
+    device = jax.devices()[0]
+    return {
+        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device.device_kind,
+        "platform": device.platform,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__,
+    }
+
+
+def print_table(results: dict) -> None:
+    """One row per number or label; printed outputs (lists of lines) were echoed already."""
+    rows = [
+        (part, name, value)
+        for part, values in results.items()
+        for name, value in flatten(values).items()
+        if not isinstance(value, list)
+    ]
+    width = max(len(name) for _, name, _ in rows)
+    print(f"\n{'part':8s} {'metric':{width}s} value")
+    for part, name, value in rows:
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        print(f"{part:8s} {name:{width}s} {shown}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--only", choices=[*PARTS, *OPTIONAL_PARTS], help="run one part")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"), help="JSON directory")
+    args = parser.parse_args()
+
+    parts = dict(PARTS)
+    for name, module_name in OPTIONAL_PARTS.items():
+        part = optional_part(module_name)
+        if part is not None:
+            parts[name] = part
+        elif args.only == name:
+            sys.exit(f"benchmarks/{module_name}.py does not exist yet")
+    if args.only:
+        parts = {args.only: parts[args.only]}
+
+    results, seconds = {}, {}
+    for name, part in parts.items():
+        print(f"== {name}", flush=True)
+        start = time.perf_counter()
+        results[name] = part()
+        seconds[name] = time.perf_counter() - start
+
+    print_table(results)
+    os.makedirs(args.out, exist_ok=True)
+    record = {"environment": environment(), "seconds": seconds, "results": results}
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(args.out, f"{stamp}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+    print(f"\nresults: {path}")
+    flat = {name: value for values in results.values() for name, value in flatten(values).items()}
+    for name in HEADLINES:
+        if name in flat:
+            print(f"{name}={flat[name]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
