@@ -18,20 +18,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import workload
 
 from flaxformer_lite import Transformer, TransformerConfig
 from flaxformer_lite.decoding import DecodeStart, decode_batch, greedy_search
 from flaxformer_lite.special_tokens import BOS_ID, EOS_ID, NUM_SPECIAL_TOKENS, PAD_ID
 
-BENCH_CONFIG = TransformerConfig(
-    vocab_size=8000,
-    d_model=256,
-    num_heads=4,
-    d_ff=1024,
-    num_encoder_layers=3,
-    num_decoder_layers=3,
-    dropout_rate=0.0,
-)
+BENCH_CONFIG = workload.model_config(dropout_rate=0.0, attention_dropout_rate=0.0)
 BATCH, SOURCE_LENGTH, NEW_TOKENS = 32, 64, 128
 
 
