@@ -1,8 +1,10 @@
 """Peak memory of training a 12-layer model with each rematerialisation policy.
 
 A high-water mark only rises, so every policy runs in a fresh process
-(`python benchmarks/memory.py --remat full` prints one JSON line). Two
-figures per policy:
+(`python benchmarks/memory.py --remat full` prints one JSON line), with
+glibc's default malloc settings: the suite's heap-reuse settings
+(host_malloc.py) never hand memory back, so compilation's high-water mark
+would hide the step's. Two figures per policy:
 
 - peak: on CPU the process's peak resident set (VmHWM) while it compiles and
   then runs 3 train steps; on GPU/TPU the device allocator's peak_bytes_in_use;
@@ -13,10 +15,12 @@ figures per policy:
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 
+import host_malloc
 import jax
 import workload
 
@@ -56,10 +60,11 @@ def measure(remat_policy: str, depth: int = DEPTH, steps: int = 3) -> dict:
 def run() -> dict:
     """Each policy in its own process; sizes in MiB."""
     results = {}
+    env = {name: value for name, value in os.environ.items() if name not in host_malloc.SETTINGS}
     for policy in POLICIES:
         command = [sys.executable, __file__, "--remat", policy]
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        measured = json.loads(output.strip().splitlines()[-1])
+        probe = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+        measured = json.loads(probe.stdout.strip().splitlines()[-1])
         for name, value in measured.items():
             results[f"{name}_{DEPTH}_layers_remat_{policy}"] = value
     results["remat_full_peak_ratio"] = (

@@ -13,9 +13,11 @@ Parts:
   data     benchmarks/data_pipeline.py, when present
 
 The peer needs torch (`pip install torch==2.13.0`, the `bench` extra); without
-it the train part reports our side alone. Every run also writes its results,
-with the machine and library versions, to benchmarks/results/<time>.json so
-runs can be compared.
+it the train part reports our side alone. The suite restarts itself with
+glibc malloc settings that let both sides reuse their big per-step buffers
+(benchmarks/host_malloc.py; `--system-malloc` keeps the defaults). Every run
+writes its results, with the machine, versions and settings, to
+benchmarks/results/<time>.json so runs can be compared.
 """
 
 import argparse
@@ -30,9 +32,11 @@ import sys
 import time
 
 import compile_time
+import host_malloc
 import jax
 import memory
 import train_speed
+import workload
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARTS = {
@@ -90,6 +94,8 @@ def environment() -> dict:
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jaxlib": jax.lib.__version__,
+        "prng_impl": workload.prng_impl(),
+        "malloc": {name: os.environ.get(name) for name in host_malloc.SETTINGS},
     }
 
 
@@ -114,9 +120,15 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=[*PARTS, *OPTIONAL_PARTS], help="run one part")
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="JSON directory")
+    parser.add_argument("--peer", default=train_speed.PEER, help="the PyTorch peer script")
+    parser.add_argument(
+        "--system-malloc", action="store_true", help="keep glibc's default malloc settings"
+    )
     args = parser.parse_args()
+    if not args.system_malloc:
+        host_malloc.restart_with_reused_heap()
 
-    parts = dict(PARTS)
+    parts = dict(PARTS, train=functools.partial(train_speed.run, peer=args.peer))
     for name, module_name in OPTIONAL_PARTS.items():
         part = optional_part(module_name)
         if part is not None:

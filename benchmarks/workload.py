@@ -23,15 +23,13 @@ import numpy as np
 from flax.training.train_state import TrainState
 
 from flaxformer_lite import Transformer, TransformerConfig
+from flaxformer_lite.training import parallel
 from flaxformer_lite.training.optimizer import make_optimizer
 from flaxformer_lite.training.step import train_step
 
 BATCH_SIZE = 32
 LENGTH = 64  # source and target
 LABEL_SMOOTHING = 0.1
-# Dropout masks are most of the random numbers a step draws; on CPU Philox
-# makes them ~5x faster than the default threefry (benchmarks/NOTES.md).
-PRNG_IMPL = "philox2x32"
 
 
 def model_config(**changes) -> TransformerConfig:
@@ -96,8 +94,13 @@ def state_shapes(config: TransformerConfig, batch: dict) -> TrainState:
     return jax.eval_shape(functools.partial(make_state, config), batch)
 
 
+def prng_impl() -> str:
+    """The dropout-key generator the trainer picks by default ("auto") on one device."""
+    return parallel.dropout_prng_impl("auto", tuple(jax.devices()[:1]))
+
+
 def dropout_key(seed: int = 1) -> jax.Array:
-    return jax.random.key(seed, impl=PRNG_IMPL)
+    return jax.random.key(seed, impl=prng_impl())
 
 
 def jitted_train_step():

@@ -59,6 +59,14 @@ def test_token_metrics_exclude_padding():
     )
 
 
+def test_accuracy_counts_the_argmax_with_ties_to_the_first_index():
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 3, size=(4, 6, 5)).astype(np.float32)  # many ties
+    labels = rng.integers(1, 5, size=(4, 6))
+    metrics = token_metrics(jnp.asarray(logits), jnp.asarray(labels))
+    assert metrics["correct_sum"] == (logits.argmax(-1) == labels).sum()
+
+
 def test_transformer_schedule_at_known_steps():
     schedule = transformer_schedule(d_model=512, warmup_steps=4000)
     for step in (1, 100, 4000, 10_000, 100_000):
@@ -174,6 +182,31 @@ def test_pmap_on_four_devices_equals_one_device(tiny_state):
     single_eval = jax.jit(functools.partial(eval_step, label_smoothing=0.1))(tiny_state, batch)
     multi_eval = p_eval(parallel.replicate(tiny_state), sharded)
     np.testing.assert_allclose(multi_eval["nll_sum"][0], single_eval["nll_sum"], rtol=2e-5)
+
+
+@pytest.mark.parametrize("device_count", [1, 4])
+def test_dropout_prng_choice_is_one_the_pmapped_train_step_compiles_with(tiny_state, device_count):
+    devices = tuple(jax.local_devices()[:device_count])
+    with_dropout = Transformer(TINY.replace(dropout_rate=0.1, attention_dropout_rate=0.1))
+    state = tiny_state.replace(apply_fn=with_dropout.apply)
+    auto = parallel.dropout_prng_impl("auto", devices)
+    if device_count == 1:
+        assert auto == "philox2x32"  # the fast generator whenever it compiles
+    for name in ("philox2x32", "threefry2x32"):
+        try:
+            chosen = parallel.dropout_prng_impl(name, devices)
+        except ValueError as error:
+            assert name != auto and "prng_impl=auto" in str(error)
+            continue
+        assert chosen == name
+        batch = jax.tree_util.tree_map(
+            lambda x: x[: 2 * device_count].reshape(device_count, 2, *x.shape[1:]),
+            random_batch(3),
+        )
+        p_step = parallel.pmapped_train_step(label_smoothing=0.1)
+        rng = jax.random.key(0, impl=chosen)
+        _, metrics = p_step(parallel.replicate(state, devices), batch, rng)
+        assert np.isfinite(metrics["loss_sum"]).all()
 
 
 def test_train_step_is_pure_and_lowers_the_loss(tiny_state):

@@ -13,16 +13,36 @@ def smoothed_cross_entropy(
 
     The target puts `1 - label_smoothing` on the label and spreads the rest
     evenly over the other V - 1 tokens. Its entropy is subtracted, so a model
-    that predicts exactly that target scores 0. No (B, T, V) one-hot is built:
-    -sum_v q_v log p_v = -(on - off) log p_label - off * sum_v log p_v.
+    that predicts exactly that target scores 0. No (B, T, V) one-hot or
+    log-probability array is built: with log p_v = z_v - logsumexp(z),
+    -sum_v q_v log p_v = logsumexp(z) - (on - off) z_label - off * sum_v z_v.
     """
     vocab_size = logits.shape[-1]
     on_value = 1.0 - label_smoothing
     off_value = label_smoothing / (vocab_size - 1)
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # (B, T, V)
-    label_log_prob = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
-    loss = -(on_value - off_value) * label_log_prob - off_value * log_probs.sum(axis=-1)
+    logits = logits.astype(jnp.float32)
+    loss = jax.nn.logsumexp(logits, axis=-1) - (on_value - off_value) * _label_logit(logits, labels)
+    if off_value > 0.0:
+        loss -= off_value * logits.sum(axis=-1)
     return loss - _entropy(on_value, off_value, vocab_size)
+
+
+def _label_logit(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """The logit of each label. (B, T, V), (B, T) -> (B, T)."""
+    return jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+
+
+def _is_argmax(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """labels == logits.argmax(-1), ties going to the first index. -> (B, T) bool.
+
+    No logit may beat the label's, and none before it may equal it. One
+    elementwise pass and an `any` over V: ~7x faster on CPU than argmax's
+    (value, index) reduction (benchmarks/NOTES.md).
+    """
+    label_logit = _label_logit(logits, labels)[..., None]  # (B, T, 1)
+    before_label = jnp.arange(logits.shape[-1]) < labels[..., None]  # (B, T, V)
+    beaten = (logits > label_logit) | ((logits == label_logit) & before_label)
+    return ~beaten.any(axis=-1)
 
 
 def _entropy(on_value: float, off_value: float, vocab_size: int) -> float:
@@ -45,7 +65,7 @@ def token_metrics(
     weights = (labels != PAD_ID).astype(jnp.float32)  # (B, T)
     loss = smoothed_cross_entropy(logits, labels, label_smoothing)
     nll = smoothed_cross_entropy(logits, labels, 0.0)
-    correct = (logits.argmax(axis=-1) == labels).astype(jnp.float32) * weights
+    correct = _is_argmax(logits, labels).astype(jnp.float32) * weights
     has_tokens = weights.sum(axis=-1) > 0  # (B,) padding rows are not examples
     all_correct = (correct.sum(axis=-1) == weights.sum(axis=-1)) & has_tokens
     return {

@@ -130,7 +130,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     model_config = model_config_from(config, datasets.tokenizer.vocab_size)
     model = Transformer(model_config)
     step_flops, peak_flops = step_flops_and_peak(model_config, config)
-    init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+    init_rng = jax.random.key(config.seed)
+    prng_impl = parallel.dropout_prng_impl(config.prng_impl, tuple(jax.local_devices()))
+    dropout_rng = jax.random.key(config.seed, impl=prng_impl)
     state = create_train_state(model, config, init_rng)
 
     checkpointer = Checkpointer(workdir, config.checkpoint_every_steps, config.keep_checkpoints)
