@@ -1,7 +1,5 @@
 """The encoder-decoder Transformer: structure, masking properties, parameter count."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +7,6 @@ import optax
 import pytest
 
 from flaxformer_lite import Transformer, TransformerConfig, sinusoidal_encoding
-from flaxformer_lite.layers.embed import vocab_logits
 from flaxformer_lite.special_tokens import EOS_ID
 from flaxformer_lite.training.losses import smoothed_cross_entropy
 
@@ -259,17 +256,3 @@ def test_both_norm_placements_learn_a_tiny_copy_task(norm_placement):
         params, opt_state, loss = step(params, opt_state, jax.random.key(i))
         losses.append(float(loss))
     assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5])
-
-
-def test_vocab_logits_has_the_gradient_of_a_plain_matmul():
-    hidden = jax.random.normal(jax.random.key(0), (2, 3, 4))  # (B, T, D)
-    kernel = jax.random.normal(jax.random.key(1), (4, 7))  # (D, V)
-    weights = jax.random.normal(jax.random.key(2), (2, 3, 7))
-
-    def loss(project, hidden, kernel):
-        return (project(hidden, kernel) * weights).sum()
-
-    ours = jax.grad(functools.partial(loss, vocab_logits), argnums=(0, 1))(hidden, kernel)
-    plain = jax.grad(functools.partial(loss, jnp.matmul), argnums=(0, 1))(hidden, kernel)
-    for got, want in zip(ours, plain, strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

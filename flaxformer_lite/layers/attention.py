@@ -12,6 +12,7 @@ from jax import lax
 
 from flaxformer_lite.config import TransformerConfig
 from flaxformer_lite.layers import masks as masks_lib
+from flaxformer_lite.layers import matmul
 
 
 def attention_weights(
@@ -114,6 +115,7 @@ class MultiHeadAttention(nn.Module):
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weights_dtype,
             kernel_init=nn.initializers.xavier_uniform(),
+            dot_general=matmul.dot_general,
         )
         query = project(name="query")(inputs_q)  # (B, Q, H, Dh)
 
@@ -149,6 +151,7 @@ class MultiHeadAttention(nn.Module):
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weights_dtype,
             kernel_init=nn.initializers.xavier_uniform(),
+            dot_general=matmul.dot_general,
             name="out",
         )(output)
 

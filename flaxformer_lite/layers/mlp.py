@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from flaxformer_lite.config import TransformerConfig
+from flaxformer_lite.layers import matmul
 
 ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu}
 
@@ -22,6 +23,7 @@ class FeedForward(nn.Module):
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weights_dtype,
             kernel_init=nn.initializers.xavier_uniform(),
+            dot_general=matmul.dot_general,
         )
         hidden = nn.Dense(cfg.d_ff, name="wi", **dense)(x)  # (B, L, F)
         hidden = ACTIVATIONS[cfg.activation](hidden)

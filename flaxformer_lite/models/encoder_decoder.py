@@ -8,8 +8,9 @@ import jax.numpy as jnp
 
 from flaxformer_lite.config import TransformerConfig
 from flaxformer_lite.layers import masks as masks_lib
+from flaxformer_lite.layers import matmul
 from flaxformer_lite.layers.attention import MultiHeadAttention
-from flaxformer_lite.layers.embed import OutputProjection, TokenEmbedding
+from flaxformer_lite.layers.embed import TokenEmbedding
 from flaxformer_lite.layers.mlp import FeedForward
 from flaxformer_lite.layers.position import PositionEncoding
 from flaxformer_lite.layers.residual import Residual
@@ -181,10 +182,15 @@ class Decoder(nn.Module):
         if cfg.tie_output_embedding:
             logits = self.token_embedding.attend(x)  # (B, T, V)
         else:
-            output_projection = OutputProjection(
-                cfg, cfg.output_vocab_size, name="output_projection"
-            )
-            logits = output_projection(x)  # (B, T, V)
+            logits = nn.Dense(
+                cfg.output_vocab_size,
+                use_bias=False,
+                dtype=cfg.compute_dtype,
+                param_dtype=cfg.weights_dtype,
+                kernel_init=nn.initializers.xavier_uniform(),
+                dot_general=matmul.dot_general,
+                name="output_projection",
+            )(x)  # (B, T, V)
         return logits.astype(jnp.float32)
 
 
