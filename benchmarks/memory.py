@@ -34,6 +34,22 @@ def peak_bytes() -> int:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         return stats["peak_bytes_in_use"]
+    return host_peak_bytes()
+
+
+def host_peak_bytes() -> int:
+    """Peak resident set of this process image: VmHWM where /proc has it.
+
+    Not getrusage's ru_maxrss: that survives exec, so a probe started from a
+    big parent (the suite, after the train part) reports the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 

@@ -51,7 +51,7 @@ def peer_available(peer: str) -> str | None:
     return None
 
 
-def run(rounds: int = 5, steps: int = 10, peer: str = PEER) -> dict:
+def run(rounds: int = 7, steps: int = 10, peer: str = PEER) -> dict:
     config = workload.model_config()
     batch = workload.make_batch(config)
     state = workload.make_state(config, batch)
