@@ -5,12 +5,16 @@ way the backward is handed to XLA:CPU changes, because left to itself it ran
 the weight gradients of the bench train step at about half speed
 (benchmarks/NOTES.md):
 
-- it copied dy (or x) into a transposed buffer and ran dW as a
-  transposed-times-transposed product on Eigen; written as x^T dy, dW runs
-  as one transposed-times-plain product with no copy;
+- XLA:CPU runs a product on YNNPACK when its left operand is row-major and
+  on Eigen when it is transposed, as dW's x^T is. Eigen ran those products
+  slowly and gained little from a second core (the output layer's dW: 86 ms
+  on one core, 81 ms on two; 48 ms on two as a row-major product). So the
+  transposed operand is materialised first, a copy of the smaller array kept
+  apart from the product by an optimization barrier, and every dW is a
+  row-major product;
 - that product is fast when dW has fewer rows than columns; for a taller dW
   (the FFN's W2: d_ff x d_model) we compute dW^T and transpose the small
-  result, kept apart from the product by an optimization barrier;
+  result;
 - dy is materialised once, row-major, behind an optimization barrier: for the
   output layer XLA otherwise computed the (B*T, V) logits gradient a second
   time, straight into a transposed buffer.
@@ -63,13 +67,18 @@ def _forward(x, kernel):
 
 def _backward(residuals, y_grad):
     x, kernel = residuals  # (M, K), (K, N)
-    y_grad = lax.optimization_barrier(y_grad)  # (M, N)
+    y_grad = _materialized(y_grad)  # (M, N)
     x_grad = y_grad @ kernel.T  # (M, K)
     if kernel.shape[0] <= kernel.shape[1]:
-        kernel_grad = x.T @ y_grad  # (K, N)
+        kernel_grad = _materialized(x.T) @ y_grad  # (K, M) @ (M, N)
     else:
-        kernel_grad = lax.optimization_barrier(y_grad.T @ x).T  # (N, K) -> (K, N)
+        kernel_grad = _materialized(_materialized(y_grad.T) @ x).T  # ((N, M) @ (M, K))^T
     return x_grad, kernel_grad
+
+
+def _materialized(array: jnp.ndarray) -> jnp.ndarray:
+    """`array` computed into its own row-major buffer, not folded into its consumer."""
+    return lax.optimization_barrier(array)
 
 
 dense_matmul.defvjp(_forward, _backward)
