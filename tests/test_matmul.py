@@ -13,8 +13,8 @@ DENSE = (((2,), (0,)), ((), ()))
 @pytest.mark.parametrize(
     "lhs_shape, rhs_shape, dimension_numbers",
     [
-        ((2, 3, 4), (4, 7), DENSE),  # Dense with a wide kernel (the TN product)
-        ((2, 3, 7), (7, 4), DENSE),  # Dense with a tall kernel (its transpose)
+        ((2, 3, 4), (4, 7), DENSE),  # Dense with a wide kernel (x^T materialised)
+        ((2, 3, 7), (7, 4), DENSE),  # Dense with a tall kernel (dW^T, transposed)
         ((2, 3, 8), (8, 2, 5), DENSE),  # DenseGeneral into heads (B, T, H, Dh)
         ((2, 3, 2, 5), (2, 5, 8), (((2, 3), (0, 1)), ((), ()))),  # W^O over the heads
         ((2, 3, 4), (2, 4, 5), (((2,), (1,)), ((0,), (0,)))),  # batched: handed to lax
