@@ -10,6 +10,8 @@ ACTIVATIONS = ("relu", "gelu")
 POSITION_ENCODINGS = ("sinusoidal", "learned")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots_saveable")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "explicit")
+MATMUL_BACKWARDS = ("autodiff", "cpu_row_major")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +40,15 @@ class TransformerConfig:
     position_encoding: str = "sinusoidal"
     tie_output_embedding: bool = True  # Output projection reuses the target embedding.
     local_window: int | None = None  # Self-attention sees only positions within +-window.
-    fused_attention: bool = True  # Use jax.nn.dot_product_attention when no weights are needed.
+    # What computes softmax(Q K^T) V: "explicit" einsums (the only path with attention dropout
+    # and sown weights); jax.nn.dot_product_attention's "xla" or "cudnn" kernel; "auto" picks
+    # cudnn on a GPU when dtype and shapes allow, else xla (explicit when weights or attention
+    # dropout are needed).
+    attention_implementation: str = "auto"
+    # How dense layers' matmuls are differentiated: "autodiff" (lax.dot_general, every JAX
+    # transformation works) or "cpu_row_major" (a custom VJP faster on XLA:CPU, reverse mode
+    # only: jax.jvp fails through it; see benchmarks/NOTES.md).
+    matmul_backward: str = "autodiff"
     scan_layers: bool = False  # nn.scan over identical layers: compile time flat in depth.
     remat_policy: str = "none"  # Rematerialise layer activations in the backward pass.
 
@@ -74,6 +84,8 @@ class TransformerConfig:
             "activation": ACTIVATIONS,
             "position_encoding": POSITION_ENCODINGS,
             "remat_policy": REMAT_POLICIES,
+            "attention_implementation": ATTENTION_IMPLEMENTATIONS,
+            "matmul_backward": MATMUL_BACKWARDS,
         }
         for field, allowed in choices.items():
             value = getattr(self, field)
@@ -81,6 +93,19 @@ class TransformerConfig:
                 fail(field, value, f"choose one of {allowed}")
         if self.local_window is not None and self.local_window < 0:
             fail("local_window", self.local_window, "use None (global) or a window >= 0")
+        if self.attention_implementation == "cudnn" and self.dtype == "float32":
+            fail(
+                "attention_implementation",
+                "cudnn",
+                "cuDNN attention needs dtype 'bfloat16' or 'float16'; use 'auto' or 'xla'",
+            )
+        if self.attention_implementation in ("xla", "cudnn") and self.attention_dropout_rate > 0:
+            fail(
+                "attention_implementation",
+                self.attention_implementation,
+                f"attention_dropout_rate={self.attention_dropout_rate} runs only on the explicit "
+                "path; use 'auto' or 'explicit', or attention_dropout_rate=0",
+            )
 
     @property
     def output_vocab_size(self) -> int:

@@ -309,6 +309,12 @@ def prefill(model, params, inputs, *, max_decode_len: int, prefix=None) -> Decod
     there for the shorter rows' padding.
     """
     batch = inputs.shape[0]
+    max_len = model.config.max_len
+    if max_decode_len > max_len:  # Positions past max_len have no encoding: fail before tracing.
+        raise ValueError(
+            f"max_decode_len={max_decode_len} exceeds the model's max_len={max_len}: decode "
+            "at most max_len tokens, or train the model with a larger max_len."
+        )
     if prefix is None:
         prefix = jnp.zeros((batch, 0), jnp.int32)
     if prefix.shape[1] >= max_decode_len:

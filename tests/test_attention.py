@@ -11,6 +11,7 @@ from flaxformer_lite import (
     attention_weights,
     dot_product_attention,
 )
+from flaxformer_lite.layers.masks import AttentionMask, right_padded_mask
 
 
 def numpy_attention(query, key, value, mask, bias):
@@ -36,19 +37,82 @@ def random_inputs(seed, batch=3, queries=5, keys=7, heads=2, depth=8):
     return query, key, value, mask, bias
 
 
+def right_padded_tokens(rng, batch, length, lengths):
+    """(B, L) ids in [4, 20), PAD after each row's length."""
+    tokens = rng.integers(4, 20, size=(batch, length))
+    return np.where(np.arange(length)[None, :] < np.asarray(lengths)[:, None], tokens, 0)
+
+
+def mask_case(name, rng, batch=3, queries=5, keys=7):
+    """An AttentionMask of one kind and its dense (B, 1, Q, K) truth, built independently."""
+    if name == "padding":  # cross-attention over right-padded rows; row 2 has no keys
+        query_tokens = right_padded_tokens(rng, batch, queries, [5, 3, 2])
+        key_tokens = right_padded_tokens(rng, batch, keys, [7, 4, 0])
+        truth = (query_tokens != 0)[:, None, :, None] & (key_tokens != 0)[:, None, None, :]
+        return right_padded_mask(jnp.asarray(query_tokens), jnp.asarray(key_tokens)), truth
+    # The rest are self-attention: Q = K.
+    tokens = right_padded_tokens(rng, batch, queries, [5, 3, 1])
+    real = tokens != 0
+    causal = np.tril(np.ones((queries, queries), bool))
+    truth = real[:, None, :, None] & real[:, None, None, :] & causal
+    if name == "causal_padding":
+        return right_padded_mask(jnp.asarray(tokens), jnp.asarray(tokens), is_causal=True), truth
+    if name == "packed":
+        segments = np.array([[1, 1, 2, 2, 2], [1, 2, 2, 0, 0], [1, 0, 0, 0, 0]])
+        truth = truth & (segments[:, None, :, None] == segments[:, None, None, :])
+    elif name == "local_window":
+        distance = np.abs(np.arange(queries)[:, None] - np.arange(queries)[None, :])
+        truth = truth & (distance <= 1)
+    return AttentionMask(dense=jnp.asarray(truth)), truth
+
+
+MASK_CASES = ["padding", "causal_padding", "packed", "local_window"]
+CPU_IMPLEMENTATIONS = ["explicit", "xla", "auto"]
+
+
+@pytest.mark.parametrize("implementation", CPU_IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", MASK_CASES)
+def test_every_implementation_matches_float64_numpy_and_the_explicit_path(case, implementation):
+    rng = np.random.default_rng(MASK_CASES.index(case))
+    queries, keys = (5, 7) if case == "padding" else (5, 5)
+    query, key, value, _, _ = random_inputs(MASK_CASES.index(case), queries=queries, keys=keys)
+    mask, truth = mask_case(case, rng, queries=queries, keys=keys)
+    expected, _ = numpy_attention(query, key, value, truth, np.zeros((1, 1, 1, 1)))
+    explicit, _ = dot_product_attention(query, key, value, mask, implementation="explicit")
+    output, _ = dot_product_attention(query, key, value, mask, implementation=implementation)
+    np.testing.assert_allclose(output, expected, atol=2e-5)
+    np.testing.assert_allclose(output, explicit, atol=2e-6)
+    rows_without_keys = ~truth.any(-1)[:, 0]  # (B, Q)
+    assert rows_without_keys.any()
+    np.testing.assert_array_equal(np.asarray(output)[rows_without_keys], 0.0)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("fused", [False, True])
-def test_matches_float64_numpy(seed, fused):
+@pytest.mark.parametrize("implementation", CPU_IMPLEMENTATIONS)
+def test_random_mask_and_bias_match_float64_numpy(seed, implementation):
     query, key, value, mask, bias = random_inputs(seed)
     expected, expected_weights = numpy_attention(query, key, value, mask, bias)
-    output, weights = dot_product_attention(query, key, value, mask, bias, fused=fused)
+    output, weights = dot_product_attention(
+        query, key, value, mask, bias, implementation=implementation
+    )
     np.testing.assert_allclose(output, expected, atol=2e-5)
-    assert not np.isnan(np.asarray(output)).any()
     np.testing.assert_array_equal(np.asarray(output)[0, 1], 0.0)  # the fully masked row
-    if fused:
-        assert weights is None
-    else:
+    if implementation == "explicit":
         np.testing.assert_allclose(weights, expected_weights, atol=2e-6)
+    else:
+        assert weights is None
+
+
+@pytest.mark.parametrize("implementation", ["xla", "auto"])
+def test_fused_paths_take_the_compact_form_not_the_dense_mask(implementation):
+    """A compact mask whose dense part lies: the fused paths must follow the compact part."""
+    rng = np.random.default_rng(7)
+    query, key, value, _, _ = random_inputs(7, queries=5, keys=5)
+    honest, truth = mask_case("causal_padding", rng)
+    lying = honest.replace(dense=jnp.ones_like(honest.dense))
+    expected, _ = numpy_attention(query, key, value, truth, np.zeros((1, 1, 1, 1)))
+    output, _ = dot_product_attention(query, key, value, lying, implementation=implementation)
+    np.testing.assert_allclose(output, expected, atol=2e-5)
 
 
 def test_matches_jax_nn_dot_product_attention():
@@ -57,7 +121,7 @@ def test_matches_jax_nn_dot_product_attention():
     expected = jax.nn.dot_product_attention(
         query, key, value, mask=np.broadcast_to(mask, (3, 1, 5, 7))
     )
-    output, _ = dot_product_attention(query, key, value, mask, fused=False)
+    output, _ = dot_product_attention(query, key, value, mask, implementation="explicit")
     np.testing.assert_allclose(output, expected, atol=2e-6)
 
 
@@ -69,16 +133,34 @@ def test_softmax_is_float32_for_bfloat16_inputs():
     np.testing.assert_allclose(sums[mask.any(-1).repeat(2, axis=1)], 1.0, atol=1e-6)
 
 
-def test_attention_dropout_zeroes_and_rescales_weights():
+def test_attention_dropout_drops_weights_and_returns_them_as_before_dropout():
     query, key, value, mask, _ = random_inputs(5)
-    _, plain = dot_product_attention(query, key, value, mask)
-    _, dropped = dot_product_attention(
+    plain_output, plain = dot_product_attention(query, key, value, mask)
+    dropped_output, returned = dot_product_attention(
         query, key, value, mask, dropout_rate=0.5, dropout_rng=jax.random.key(0)
     )
-    plain, dropped = np.asarray(plain), np.asarray(dropped)
-    kept = dropped != 0
-    assert 0.3 < kept[plain > 0].mean() < 0.7
-    np.testing.assert_allclose(dropped[kept], 2 * plain[kept], rtol=1e-6)
+    np.testing.assert_array_equal(returned, plain)  # the weights before dropout
+    keep = np.asarray(jax.random.bernoulli(jax.random.key(0), 0.5, plain.shape))
+    assert 0.3 < keep[np.asarray(plain) > 0].mean() < 0.7
+    dropped = np.where(keep, 2 * np.asarray(plain, np.float64), 0.0)  # kept weights / (1 - 0.5)
+    expected = np.einsum("bhqk,bkhd->bqhd", dropped, np.asarray(value, np.float64))
+    np.testing.assert_allclose(dropped_output, expected, atol=2e-5)
+    assert np.abs(np.asarray(dropped_output) - np.asarray(plain_output)).max() > 0.1
+
+
+def test_sown_weights_are_taken_before_attention_dropout():
+    config = TransformerConfig(
+        vocab_size=10, d_model=8, num_heads=2, d_ff=8, max_len=8, attention_dropout_rate=0.5
+    )
+    x = jax.random.normal(jax.random.key(1), (2, 6, 8))
+    layer = MultiHeadAttention(config, deterministic=False)
+    rngs = {"dropout": jax.random.key(2)}
+    variables = layer.init({"params": jax.random.key(0), **rngs}, x)
+    train_output, state = layer.apply(variables, x, rngs=rngs, mutable=["intermediates"])
+    (weights,) = state["intermediates"]["attention_weights"]
+    np.testing.assert_allclose(np.asarray(weights).sum(-1), 1.0, atol=1e-6)
+    eval_output = MultiHeadAttention(config).apply(variables, x)
+    assert np.abs(np.asarray(train_output) - np.asarray(eval_output)).max() > 1e-3  # dropout ran
 
 
 def test_multi_head_attention_equals_per_head_concat_then_output_projection():
@@ -109,11 +191,61 @@ def test_multi_head_attention_equals_per_head_concat_then_output_projection():
 
 def test_attention_weights_are_sown_only_when_requested():
     config = TransformerConfig(vocab_size=10, d_model=8, num_heads=2, d_ff=8, max_len=8)
-    x = jnp.ones((1, 3, 8))
+    x = jax.random.normal(jax.random.key(3), (1, 3, 8))
     layer = MultiHeadAttention(config)
     variables = layer.init(jax.random.key(0), x)
     plain = layer.apply(variables, x)
     with_weights, state = layer.apply(variables, x, mutable=["intermediates"])
-    np.testing.assert_allclose(plain, with_weights, atol=1e-6)  # fused == explicit path
+    np.testing.assert_allclose(plain, with_weights, atol=1e-6)  # auto (xla) == explicit path
     (weights,) = state["intermediates"]["attention_weights"]
     assert weights.shape == (1, 2, 3, 3)
+
+
+ON_GPU = jax.default_backend() == "gpu"
+
+
+@pytest.mark.skipif(not ON_GPU, reason="cuDNN lowering needs a GPU (jax queries cuDNN to lower)")
+@pytest.mark.parametrize("implementation", ["cudnn", "auto"])
+def test_cudnn_flash_attention_is_in_the_lowered_gpu_program(implementation):
+    query = jnp.ones((2, 128, 4, 64), jnp.bfloat16)
+    tokens = jnp.ones((2, 128), jnp.int32)
+    mask = right_padded_mask(tokens, tokens, is_causal=True)
+    attend = jax.jit(
+        lambda q, k, v, m: dot_product_attention(q, k, v, m, implementation=implementation)[0]
+    )
+    hlo = attend.lower(query, query, query, mask).as_text()
+    assert "custom_call" in hlo and "__cudnn$fmha" in hlo
+
+
+@pytest.mark.skipif(ON_GPU, reason="the error is for backends without cuDNN")
+def test_cudnn_without_a_gpu_is_a_one_line_error():
+    query, key, value, mask, _ = random_inputs(0)
+    with pytest.raises(ValueError, match="'cudnn' needs a GPU, but JAX runs on 'cpu'"):
+        dot_product_attention(query, key, value, mask, implementation="cudnn")
+
+
+def decode_layer_and_cache(cache_length=4):
+    """Decoder self-attention with a cache of `cache_length` positions, and that cache."""
+    config = TransformerConfig(vocab_size=10, d_model=8, num_heads=2, d_ff=8, max_len=8)
+    layer = MultiHeadAttention(config, decode=True)
+    x = jax.random.normal(jax.random.key(0), (1, cache_length, 8))
+    variables = layer.init(jax.random.key(1), x)
+    return layer, variables
+
+
+def test_writing_past_the_decode_cache_raises_or_poisons_the_output():
+    layer, variables = decode_layer_and_cache(cache_length=4)
+    step = jax.random.normal(jax.random.key(2), (1, 1, 8))
+
+    def run(tokens, cache_index):
+        output, _ = layer.apply(variables, tokens, cache_index=cache_index, mutable=["cache"])
+        return output
+
+    assert np.isfinite(np.asarray(run(step, jnp.int32(3)))).all()  # the last slot
+    with pytest.raises(ValueError, match=r"cache_index=4 \+ 1 new tokens overruns the 4-position"):
+        run(step, jnp.int32(4))
+    with pytest.raises(ValueError, match="got 5 tokens at once but its cache holds 4"):
+        jax.jit(run)(jnp.ones((1, 5, 8)), jnp.int32(0))  # a static width: raised while tracing
+    # A traced index cannot raise: the output is NaN instead of a clamped overwrite.
+    assert np.isfinite(np.asarray(jax.jit(run)(step, jnp.int32(3)))).all()
+    assert np.isnan(np.asarray(jax.jit(run)(step, jnp.int32(4)))).all()

@@ -33,3 +33,28 @@ def test_defaults_are_the_papers_base_model():
     config = TransformerConfig()
     assert (config.d_model, config.num_heads, config.d_ff) == (512, 8, 2048)
     assert (config.num_encoder_layers, config.num_decoder_layers, config.head_dim) == (6, 6, 64)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"attention_implementation": "cudnn"},
+            "attention_implementation='cudnn'.*needs dtype 'bfloat16' or 'float16'",
+        ),
+        (
+            {"attention_implementation": "xla", "attention_dropout_rate": 0.1},
+            "attention_dropout_rate=0.1 runs only on the explicit path",
+        ),
+        ({"attention_implementation": "fused"}, "attention_implementation='fused'.*'auto'"),
+        ({"matmul_backward": "fast"}, "matmul_backward='fast'.*'autodiff', 'cpu_row_major'"),
+    ],
+)
+def test_attention_and_matmul_choices_are_checked(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TransformerConfig(**changes)
+
+
+def test_cudnn_in_bfloat16_and_auto_with_attention_dropout_are_accepted():
+    TransformerConfig(attention_implementation="cudnn", dtype="bfloat16")
+    TransformerConfig(attention_implementation="auto", attention_dropout_rate=0.1)

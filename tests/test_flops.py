@@ -58,7 +58,7 @@ def model_and_batch(config):
     "changes",
     [
         {},
-        {"fused_attention": False},
+        {"attention_implementation": "explicit"},
         {"tie_output_embedding": False, "target_vocab_size": 41},
         {"scan_layers": True},
     ],

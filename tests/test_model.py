@@ -76,9 +76,9 @@ def test_untied_separate_vocabularies_add_their_tables():
     assert untied - base == 30 * 16 + 16 * 30  # target embedding + output projection
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_gradient_to_future_target_positions_is_exactly_zero(fused):
-    model = Transformer(TINY.replace(fused_attention=fused))
+@pytest.mark.parametrize("implementation", ["xla", "explicit"])
+def test_gradient_to_future_target_positions_is_exactly_zero(implementation):
+    model = Transformer(TINY.replace(attention_implementation=implementation))
     variables = model.init(jax.random.key(0), INPUTS, TARGETS)
     params, perturbations = variables["params"], variables["perturbations"]
 
@@ -148,7 +148,7 @@ def test_packed_examples_equal_the_examples_run_alone(tiny):
 @pytest.mark.parametrize(
     "changes",
     [
-        {"fused_attention": False},
+        {"attention_implementation": "explicit"},
         {"scan_layers": True},
         {"scan_layers": True, "remat_policy": "full"},
         {"remat_policy": "dots_saveable"},

@@ -1,1 +1,1 @@
-"""Primitives: attention, masks, positional encodings, embeddings, MLP, residuals."""
+"""Primitives: attention, masks, positional encodings, embeddings, MLP, matmul."""

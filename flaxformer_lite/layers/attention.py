@@ -42,38 +42,84 @@ def dot_product_attention(
     query: jnp.ndarray,
     key: jnp.ndarray,
     value: jnp.ndarray,
-    mask: jnp.ndarray | None = None,
+    mask: masks_lib.AttentionMask | jnp.ndarray | None = None,
     bias: jnp.ndarray | None = None,
     *,
-    fused: bool = False,
+    implementation: str = "explicit",
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(Dh)) V, per head.
 
-    query (B, Q, H, Dh); key, value (B, K, H, Dh); mask boolean and bias
-    additive, both broadcastable to (B, H, Q, K). Returns the output
-    (B, Q, H, Dh) and the weights (B, H, Q, K), or None for the weights when
-    the `fused` path (`jax.nn.dot_product_attention`, cuDNN flash attention on
-    GPU) ran. The fused path cannot drop weights out, so `dropout_rng` given
-    with a positive rate always takes the explicit path.
+    query (B, Q, H, Dh); key, value (B, K, H, Dh); mask a boolean array or an
+    `AttentionMask`, bias additive, both broadcastable to (B, H, Q, K).
+    `implementation` is "explicit" (einsums; returns the weights and can drop
+    them out), or "xla", "cudnn", "auto" (`jax.nn.dot_product_attention`, see
+    `choose_implementation`). Returns the output (B, Q, H, Dh) and the
+    pre-dropout weights (B, H, Q, K), or None for the weights on a fused path.
     """
+    if mask is not None and not isinstance(mask, masks_lib.AttentionMask):
+        mask = masks_lib.AttentionMask(dense=mask)
     use_dropout = dropout_rng is not None and dropout_rate > 0.0
-    if fused and not use_dropout:
-        if mask is not None:
-            mask = jnp.broadcast_to(mask, (query.shape[0], 1, query.shape[1], key.shape[1]))
-        output = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
-        if mask is not None:  # Fully masked rows: the fused kernel averages, we return zeros.
-            row_has_keys = mask.any(axis=-1)  # (B, 1, Q)
-            output = output * jnp.swapaxes(row_has_keys, 1, 2)[..., None].astype(output.dtype)
-        return output, None
+    implementation = choose_implementation(implementation, query, needs_weights=use_dropout)
+    if implementation != "explicit":
+        return _fused_attention(query, key, value, mask, bias, implementation), None
 
-    weights = attention_weights(query, key, mask, bias)  # (B, H, Q, K) float32
+    weights = attention_weights(query, key, None if mask is None else mask.dense, bias)
+    kept_weights = weights  # (B, H, Q, K) float32
     if use_dropout:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    output = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+        kept_weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    output = jnp.einsum("bhqk,bkhd->bqhd", kept_weights.astype(value.dtype), value)
     return output, weights
+
+
+def choose_implementation(implementation: str, query: jnp.ndarray, *, needs_weights: bool) -> str:
+    """The attention path that runs: "explicit", "xla" or "cudnn".
+
+    "auto" is explicit when weights are needed (sown, or dropped out), cuDNN on
+    a GPU for the dtypes and head sizes its flash attention takes, else XLA.
+    """
+    if implementation == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"attention_implementation='cudnn' needs a GPU, but JAX runs on "
+            f"{jax.default_backend()!r}: use 'auto' or 'xla'."
+        )
+    if implementation == "explicit" or needs_weights:
+        return "explicit"
+    if implementation != "auto":
+        return implementation
+    return "cudnn" if jax.default_backend() == "gpu" and _cudnn_accepts(query) else "xla"
+
+
+def _cudnn_accepts(query: jnp.ndarray) -> bool:
+    """cuDNN flash attention takes 16-bit floats and head sizes up to 128 in steps of 8."""
+    head_dim = query.shape[-1]
+    return query.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+
+
+def _fused_attention(query, key, value, mask, bias, implementation):
+    """jax.nn.dot_product_attention, given the mask in its compact form where it has one."""
+    batch, query_length = query.shape[:2]
+    if mask is None:
+        mask_arguments = {}
+    elif mask.has_compact_form:
+        mask_arguments = dict(
+            is_causal=mask.is_causal,
+            query_seq_lengths=mask.query_lengths,
+            key_value_seq_lengths=mask.key_value_lengths,
+        )
+    else:
+        dense = jnp.broadcast_to(mask.dense, (batch, 1, query_length, key.shape[1]))
+        mask_arguments = dict(mask=dense)
+    output = jax.nn.dot_product_attention(
+        query, key, value, bias=bias, implementation=implementation, **mask_arguments
+    )  # (B, Q, H, Dh)
+    if mask is None:
+        return output
+    # A query with no visible key: the kernels average every value; we return zeros.
+    has_keys = mask.query_has_keys(batch, query_length)  # (B, Q)
+    return output * has_keys[:, :, None, None].astype(output.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -81,11 +127,11 @@ class MultiHeadAttention(nn.Module):
 
     `is_self_attention` decides what the decode cache holds: for decoder
     self-attention, the keys and values of every position generated so far
-    (a static (B, H, max_len, Dh) buffer written in place); for
+    (a static (B, H, max_decode_len, Dh) buffer written in place); for
     cross-attention, the projected encoder keys and values, computed once per
     source on the first decode call and reused at every step after it.
 
-    Attention weights are recorded with `sow` under
+    Attention weights (before attention dropout) are recorded with `sow` under
     `intermediates/.../attention_weights` whenever the caller makes the
     `intermediates` collection mutable; that also selects the explicit path.
     """
@@ -100,7 +146,7 @@ class MultiHeadAttention(nn.Module):
         self,
         inputs_q: jnp.ndarray,
         inputs_kv: jnp.ndarray | None = None,
-        mask: jnp.ndarray | None = None,
+        mask: masks_lib.AttentionMask | jnp.ndarray | None = None,
         cache_index: jnp.ndarray | None = None,
     ) -> jnp.ndarray:
         """inputs_q (B, Q, D); inputs_kv (B, K, D) for cross-attention -> (B, Q, D).
@@ -109,21 +155,22 @@ class MultiHeadAttention(nn.Module):
         cross-attention called with inputs_kv=None reads the cached keys/values.
         """
         cfg = self.config
-        project = functools.partial(
+        dense_general = functools.partial(
             nn.DenseGeneral,
-            features=(cfg.num_heads, cfg.head_dim),
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weights_dtype,
             kernel_init=nn.initializers.xavier_uniform(),
-            dot_general=matmul.dot_general,
+            dot_general=matmul.dot_general_for(cfg),
         )
+        project = functools.partial(dense_general, features=(cfg.num_heads, cfg.head_dim))
         query = project(name="query")(inputs_q)  # (B, Q, H, Dh)
 
+        overflow = None
         if self.is_self_attention:
             key = project(name="key")(inputs_q)  # (B, Q, H, Dh)
             value = project(name="value")(inputs_q)
             if self.decode:
-                key, value, mask = self._update_self_cache(key, value, mask, cache_index)
+                key, value, mask, overflow = self._update_self_cache(key, value, mask, cache_index)
         elif self.decode and inputs_kv is None:
             key, value = self._cached_cross_key_value()
         else:
@@ -139,35 +186,33 @@ class MultiHeadAttention(nn.Module):
             key,
             value,
             mask,
-            fused=cfg.fused_attention and not want_weights,
+            implementation="explicit" if want_weights else cfg.attention_implementation,
             dropout_rate=cfg.attention_dropout_rate,
             dropout_rng=self.make_rng("dropout") if attention_dropout else None,
-        )
+        )  # (B, Q, H, Dh)
         if want_weights:
             self.sow("intermediates", "attention_weights", weights)
-        return nn.DenseGeneral(  # W^O over the concatenated heads: (B, Q, H, Dh) -> (B, Q, D)
-            features=cfg.d_model,
-            axis=(-2, -1),
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.weights_dtype,
-            kernel_init=nn.initializers.xavier_uniform(),
-            dot_general=matmul.dot_general,
-            name="out",
-        )(output)
+        if overflow is not None:  # Past the cache nothing is right: say so with NaN.
+            output = jnp.where(overflow, jnp.nan, output)
+        # W^O over the concatenated heads: (B, Q, H, Dh) -> (B, Q, D).
+        return dense_general(features=cfg.d_model, axis=(-2, -1), name="out")(output)
 
     def _update_self_cache(self, key, value, mask, cache_index):
         """Write this call's keys/values at cache_index; attend over the whole buffer.
 
         The first (shape-setting) call during `init` allocates the buffer from
-        the full-length input and attends normally.
+        the full-length input and attends normally. Returns keys, values, the
+        mask over the buffer and whether this call ran past the buffer's end
+        (a traced bool, or None when that was ruled out while tracing).
         """
         initialized = self.has_variable("cache", "cached_key")
         heads_first = (key.shape[0], key.shape[2], key.shape[1], key.shape[3])  # (B, H, L, Dh)
         cached_key = self.variable("cache", "cached_key", jnp.zeros, heads_first, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, heads_first, value.dtype)
         if not initialized:
-            return key, value, mask
+            return key, value, mask, None
         num_new, max_length = key.shape[1], cached_key.value.shape[2]
+        overflow = _check_cache_room(cache_index, num_new, max_length)
         start = (0, 0, cache_index, 0)
         cached_key.value = lax.dynamic_update_slice(cached_key.value, key.swapaxes(1, 2), start)
         cached_value.value = lax.dynamic_update_slice(
@@ -180,8 +225,15 @@ class MultiHeadAttention(nn.Module):
                 num_new, max_length, self.config.local_window, offset=cache_index
             )
             visible = visible & window
+        if isinstance(mask, masks_lib.AttentionMask):
+            mask = mask.dense
+        cache_mask = masks_lib.AttentionMask(dense=masks_lib.combine_masks(mask, visible))
+        if mask is None and num_new == 1 and self.config.local_window is None:
+            # One new query sees the cache up to itself: a length per row says it all.
+            lengths = jnp.full((key.shape[0],), cache_index + 1, jnp.int32)
+            cache_mask = cache_mask.replace(key_value_lengths=lengths)
         key, value = cached_key.value.swapaxes(1, 2), cached_value.value.swapaxes(1, 2)
-        return key, value, masks_lib.combine_masks(mask, visible)
+        return key, value, cache_mask, overflow
 
     def _store_cross_key_value(self, key, value):
         key, value = key.swapaxes(1, 2), value.swapaxes(1, 2)  # stored (B, H, S, Dh)
@@ -197,3 +249,25 @@ class MultiHeadAttention(nn.Module):
         key = self.get_variable("cache", "cross_key")
         value = self.get_variable("cache", "cross_value")
         return key.swapaxes(1, 2), value.swapaxes(1, 2)  # back to (B, S, H, Dh)
+
+
+def _check_cache_room(cache_index, num_new: int, max_length: int):
+    """Raise if `num_new` positions from `cache_index` overrun a `max_length` cache.
+
+    dynamic_update_slice would clamp the write silently. The width is checked
+    while tracing and a concrete index now; a traced index cannot raise, so the
+    traced overrun flag is returned for the caller to poison its output.
+    """
+    if num_new > max_length:
+        raise ValueError(
+            f"The decoder got {num_new} tokens at once but its cache holds {max_length} "
+            "positions: allocate the cache for more (max_decode_len) or feed fewer tokens."
+        )
+    if isinstance(cache_index, jax.core.Tracer):
+        return cache_index + num_new > max_length
+    if int(cache_index) + num_new > max_length:
+        raise ValueError(
+            f"cache_index={int(cache_index)} + {num_new} new tokens overruns the "
+            f"{max_length}-position cache: decode at most {max_length} tokens per cache."
+        )
+    return None

@@ -36,4 +36,5 @@ class TokenEmbedding(nn.Module):
     def attend(self, hidden: jnp.ndarray) -> jnp.ndarray:
         """hidden (B, L, D) -> logits (B, L, V) against the same table."""
         table = self.table.embedding.astype(self.config.compute_dtype)  # (V, D)
-        return matmul.dot_general(hidden, table.T, (((hidden.ndim - 1,), (0,)), ((), ())))
+        dot_general = matmul.dot_general_for(self.config)
+        return dot_general(hidden, table.T, (((hidden.ndim - 1,), (0,)), ((), ())))

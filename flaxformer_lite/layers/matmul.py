@@ -1,25 +1,8 @@
-"""The dense layers' matmul, with a backward pass arranged for XLA:CPU's kernels.
+"""The dense layers' matmul: plain `lax.dot_general`, or a CPU-tuned backward.
 
-The math is the plain product's: y = x W, dx = dy W^T, dW = x^T dy. Only the
-way the backward is handed to XLA:CPU changes, because left to itself it ran
-the weight gradients of the bench train step at about half speed
-(benchmarks/NOTES.md):
-
-- XLA:CPU runs a product on YNNPACK when its left operand is row-major and
-  on Eigen when it is transposed, as dW's x^T is. Eigen ran those products
-  slowly and gained little from a second core (the output layer's dW: 86 ms
-  on one core, 81 ms on two; 48 ms on two as a row-major product). So the
-  transposed operand is materialised first, a copy of the smaller array kept
-  apart from the product by an optimization barrier, and every dW is a
-  row-major product;
-- that product is fast when dW has fewer rows than columns; for a taller dW
-  (the FFN's W2: d_ff x d_model) we compute dW^T and transpose the small
-  result;
-- dy is materialised once, row-major, behind an optimization barrier: for the
-  output layer XLA otherwise computed the (B*T, V) logits gradient a second
-  time, straight into a transposed buffer.
-
-Other backends lay out their matmuls themselves and get the plain product.
+`TransformerConfig.matmul_backward="cpu_row_major"` differentiates every dense
+layer with a custom VJP laid out for XLA:CPU's fast kernels (same math,
+reverse mode only: jax.jvp cannot pass through it); why, in benchmarks/NOTES.md.
 """
 
 import math
@@ -28,8 +11,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from flaxformer_lite.config import TransformerConfig
 
-def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+
+def dot_general_for(config: TransformerConfig):
+    """The `dot_general` the dense layers of a model with `config` use."""
+    if config.matmul_backward == "cpu_row_major":
+        return cpu_row_major_dot_general
+    return lax.dot_general
+
+
+def cpu_row_major_dot_general(
+    lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None
+):
     """Drop-in `dot_general` for flax's Dense and DenseGeneral (their `dot_general=`).
 
     Handles their contraction, the trailing axes of `lhs` with the leading
@@ -57,7 +51,7 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
 
 @jax.custom_vjp
 def dense_matmul(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
-    """x (M, K) @ kernel (K, N) -> (M, N), differentiated as described above."""
+    """x (M, K) @ kernel (K, N) -> (M, N); every weight gradient a row-major product."""
     return x @ kernel
 
 

@@ -23,7 +23,7 @@ class FeedForward(nn.Module):
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weights_dtype,
             kernel_init=nn.initializers.xavier_uniform(),
-            dot_general=matmul.dot_general,
+            dot_general=matmul.dot_general_for(cfg),
         )
         hidden = nn.Dense(cfg.d_ff, name="wi", **dense)(x)  # (B, L, F)
         hidden = ACTIVATIONS[cfg.activation](hidden)

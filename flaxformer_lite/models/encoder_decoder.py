@@ -13,33 +13,55 @@ from flaxformer_lite.layers.attention import MultiHeadAttention
 from flaxformer_lite.layers.embed import TokenEmbedding
 from flaxformer_lite.layers.mlp import FeedForward
 from flaxformer_lite.layers.position import PositionEncoding
-from flaxformer_lite.layers.residual import Residual
 from flaxformer_lite.models.inputs import check_tokens, shift_right
 from flaxformer_lite.models.stack import LayerStack
 
 
+def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(dtype=config.compute_dtype, param_dtype=config.weights_dtype, name=name)
+
+
 class EncoderLayer(nn.Module):
-    """Self-attention then feed-forward, each a residual block.
+    """Self-attention then feed-forward, each a residual block:
+
+        pre-LN:  x = x + Dropout(sublayer(LayerNorm(x)))
+        post-LN: x = LayerNorm(x + Dropout(sublayer(x)))   (the paper)
 
     Returns (x, None) so that `nn.scan` can stack it (see LayerStack).
     """
 
     config: TransformerConfig
     deterministic: bool = True
-    decode: bool = False  # The encoder never decodes; kept for one LayerStack signature.
 
     @nn.compact
     def __call__(self, x, mask):
         """x (B, S, D), mask (B, 1, S, S) -> ((B, S, D), None)."""
-        cfg, det = self.config, self.deterministic
-        attention = MultiHeadAttention(cfg, deterministic=det, name="self_attention")
-        x = Residual(cfg, det, name="self_attention_block")(x, lambda h: attention(h, mask=mask))
-        mlp = FeedForward(cfg, det, name="mlp")
-        return Residual(cfg, det, name="mlp_block")(x, mlp), None
+        cfg, deterministic = self.config, self.deterministic
+        pre_norm, post_norm = cfg.norm_placement == "pre", cfg.norm_placement == "post"
+
+        residual = x
+        if pre_norm:
+            x = layer_norm(cfg, "pre_self_attention_norm")(x)
+        x = MultiHeadAttention(
+            cfg, is_self_attention=True, deterministic=deterministic, name="self_attention"
+        )(x, mask=mask)
+        x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        if post_norm:
+            x = layer_norm(cfg, "post_self_attention_norm")(x)
+
+        residual = x
+        if pre_norm:
+            x = layer_norm(cfg, "pre_mlp_norm")(x)
+        x = FeedForward(cfg, deterministic=deterministic, name="mlp")(x)
+        x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        if post_norm:
+            x = layer_norm(cfg, "post_mlp_norm")(x)
+        return x, None
 
 
 class DecoderLayer(nn.Module):
-    """Masked self-attention, cross-attention over the encoder output, feed-forward."""
+    """Masked self-attention, cross-attention over the encoder output, feed-forward:
+    three residual blocks, in the norm placement of EncoderLayer."""
 
     config: TransformerConfig
     deterministic: bool = True
@@ -51,17 +73,45 @@ class DecoderLayer(nn.Module):
 
         mask (B, 1, T, T), cross_mask (B, 1, T, S) -> ((B, T, D), None).
         """
-        cfg, det, decode = self.config, self.deterministic, self.decode
-        self_attention = MultiHeadAttention(cfg, True, det, decode, name="self_attention")
-        cross_attention = MultiHeadAttention(cfg, False, det, decode, name="cross_attention")
-        x = Residual(cfg, det, name="self_attention_block")(
-            x, lambda h: self_attention(h, mask=mask, cache_index=cache_index)
-        )
-        x = Residual(cfg, det, name="cross_attention_block")(
-            x, lambda h: cross_attention(h, encoded, mask=cross_mask)
-        )
-        mlp = FeedForward(cfg, det, name="mlp")
-        return Residual(cfg, det, name="mlp_block")(x, mlp), None
+        cfg, deterministic, decode = self.config, self.deterministic, self.decode
+        pre_norm, post_norm = cfg.norm_placement == "pre", cfg.norm_placement == "post"
+
+        residual = x
+        if pre_norm:
+            x = layer_norm(cfg, "pre_self_attention_norm")(x)
+        x = MultiHeadAttention(
+            cfg,
+            is_self_attention=True,
+            deterministic=deterministic,
+            decode=decode,
+            name="self_attention",
+        )(x, mask=mask, cache_index=cache_index)
+        x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        if post_norm:
+            x = layer_norm(cfg, "post_self_attention_norm")(x)
+
+        residual = x
+        if pre_norm:
+            x = layer_norm(cfg, "pre_cross_attention_norm")(x)
+        x = MultiHeadAttention(
+            cfg,
+            is_self_attention=False,
+            deterministic=deterministic,
+            decode=decode,
+            name="cross_attention",
+        )(x, encoded, mask=cross_mask)
+        x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        if post_norm:
+            x = layer_norm(cfg, "post_cross_attention_norm")(x)
+
+        residual = x
+        if pre_norm:
+            x = layer_norm(cfg, "pre_mlp_norm")(x)
+        x = FeedForward(cfg, deterministic=deterministic, name="mlp")(x)
+        x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+        if post_norm:
+            x = layer_norm(cfg, "post_mlp_norm")(x)
+        return x, None
 
 
 class Embedder(nn.Module):
@@ -93,7 +143,7 @@ class FinalNorm(nn.Module):
         cfg = self.config
         if cfg.norm_placement == "post":
             return x
-        return nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype, name="norm")(x)
+        return layer_norm(cfg, "norm")(x)
 
 
 class Encoder(nn.Module):
@@ -105,11 +155,16 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, inputs, segmentation=None, positions=None, *, deterministic=True):
         cfg = self.config
-        mask = masks_lib.combine_masks(
-            masks_lib.padding_mask(inputs, inputs),
-            _segment_mask(segmentation, segmentation),
-            _local_window(cfg, inputs.shape[1]),
-        )
+        if segmentation is None and cfg.local_window is None:  # right-padded rows
+            mask = masks_lib.right_padded_mask(inputs, inputs)
+        else:
+            mask = masks_lib.AttentionMask(
+                dense=masks_lib.combine_masks(
+                    masks_lib.padding_mask(inputs, inputs),
+                    _segment_mask(segmentation, segmentation),
+                    _local_window(cfg, inputs.shape[1]),
+                )
+            )
         x = Embedder(cfg, self.token_embedding, name="embedder")(
             inputs, positions, deterministic=deterministic
         )
@@ -151,18 +206,33 @@ class Decoder(nn.Module):
             cache_index = index.value
             positions = cache_index + jnp.broadcast_to(jnp.arange(length), decoder_inputs.shape)
             self_mask = None  # Causal (and local) structure over the cache is built in attention.
-            cross_mask = masks_lib.key_padding_mask(inputs)  # (B, 1, 1, S)
+            cross_mask = masks_lib.AttentionMask(
+                dense=masks_lib.key_padding_mask(inputs),  # (B, 1, 1, S)
+                key_value_lengths=masks_lib.real_lengths(inputs),
+            )
+        elif (
+            inputs_segmentation is None
+            and targets_segmentation is None
+            and cfg.local_window is None
+        ):
+            cache_index, positions = None, targets_position
+            self_mask = masks_lib.right_padded_mask(decoder_inputs, decoder_inputs, is_causal=True)
+            cross_mask = masks_lib.right_padded_mask(decoder_inputs, inputs)
         else:
             cache_index, positions = None, targets_position
-            self_mask = masks_lib.combine_masks(
-                masks_lib.causal_mask(length),
-                masks_lib.padding_mask(decoder_inputs, decoder_inputs),
-                _segment_mask(targets_segmentation, targets_segmentation),
-                _local_window(cfg, length),
+            self_mask = masks_lib.AttentionMask(
+                dense=masks_lib.combine_masks(
+                    masks_lib.causal_mask(length),
+                    masks_lib.padding_mask(decoder_inputs, decoder_inputs),
+                    _segment_mask(targets_segmentation, targets_segmentation),
+                    _local_window(cfg, length),
+                )
             )
-            cross_mask = masks_lib.combine_masks(
-                masks_lib.padding_mask(decoder_inputs, inputs),
-                _segment_mask(targets_segmentation, inputs_segmentation),
+            cross_mask = masks_lib.AttentionMask(
+                dense=masks_lib.combine_masks(
+                    masks_lib.padding_mask(decoder_inputs, inputs),
+                    _segment_mask(targets_segmentation, inputs_segmentation),
+                )
             )
         x = Embedder(cfg, self.token_embedding, name="embedder")(
             decoder_inputs, positions, deterministic=deterministic
@@ -188,7 +258,7 @@ class Decoder(nn.Module):
                 dtype=cfg.compute_dtype,
                 param_dtype=cfg.weights_dtype,
                 kernel_init=nn.initializers.xavier_uniform(),
-                dot_general=matmul.dot_general,
+                dot_general=matmul.dot_general_for(cfg),
                 name="output_projection",
             )(x)  # (B, T, V)
         return logits.astype(jnp.float32)
@@ -198,7 +268,8 @@ class Transformer(nn.Module):
     """Encoder-decoder Transformer. `__call__` trains with teacher forcing;
     `encode` and `decode` run the two halves alone (decoding uses them).
 
-    Token inputs are (B, L) int arrays with PAD_ID=0 as padding. Packed rows
+    Token inputs are (B, L) int arrays, right-padded with PAD_ID=0 (attention
+    then takes padding as lengths; concrete inputs are checked). Packed rows
     pass `*_segmentation` (1, 2, ... per example, 0 on padding) and
     `*_position` (restarting at 0 in every example).
     """
@@ -217,7 +288,9 @@ class Transformer(nn.Module):
 
     def encode(self, inputs, inputs_segmentation=None, inputs_position=None, *, deterministic=True):
         """inputs (B, S) -> encoded (B, S, D)."""
-        check_tokens(inputs, self.config.vocab_size, self.config.max_len, "inputs")
+        cfg = self.config
+        packed = inputs_segmentation is not None
+        check_tokens(inputs, cfg.vocab_size, cfg.max_len, "inputs", packed=packed)
         return self.encoder(
             inputs, inputs_segmentation, inputs_position, deterministic=deterministic
         )
@@ -243,7 +316,10 @@ class Transformer(nn.Module):
         `encoded=None` and continue from the cache index.
         """
         cfg = self.config
-        check_tokens(decoder_inputs, cfg.output_vocab_size, cfg.max_len, "decoder_inputs")
+        packed = targets_segmentation is not None
+        check_tokens(
+            decoder_inputs, cfg.output_vocab_size, cfg.max_len, "decoder_inputs", packed=packed
+        )
         return self.decoder(
             encoded,
             inputs,

@@ -20,12 +20,15 @@ def shift_right(targets: jnp.ndarray, positions: jnp.ndarray | None = None) -> j
     return jnp.where(targets == PAD_ID, PAD_ID, shifted)
 
 
-def check_tokens(tokens, vocab_size: int, max_len: int, name: str) -> None:
-    """Raise a clear ValueError for over-long sequences or ids outside [0, vocab_size).
+def check_tokens(tokens, vocab_size: int, max_len: int, name: str, *, packed: bool = False) -> None:
+    """Raise a clear ValueError for over-long sequences, ids outside [0, vocab_size),
+    or (unless `packed`) a row that is not right-padded.
 
-    The length check works on shapes, so it runs under `jit` too. The id check
-    needs concrete values: under `jit` it is skipped, and JAX's gather clamps
-    an out-of-range id to the last table row without complaint.
+    The length check works on shapes, so it runs under `jit` too. The other
+    checks need concrete values: under `jit` they are skipped, and JAX's gather
+    clamps an out-of-range id to the last table row without complaint.
+    Unpacked rows must be right-padded because attention then describes their
+    padding by lengths (see `AttentionMask`).
     """
     if tokens.ndim != 2:
         raise ValueError(f"{name} must be (batch, length) token ids; got shape {tokens.shape}.")
@@ -41,4 +44,12 @@ def check_tokens(tokens, vocab_size: int, max_len: int, name: str) -> None:
         raise ValueError(
             f"{name} holds token ids in [{values.min()}, {values.max()}] but the vocabulary "
             f"is [0, {vocab_size}): check the tokenizer, or raise vocab_size to match it."
+        )
+    real = values != PAD_ID
+    real_after_pad = real[:, 1:] & ~real[:, :-1]  # (B, L - 1)
+    if not packed and real_after_pad.any():
+        row = int(np.flatnonzero(real_after_pad.any(axis=1))[0])
+        raise ValueError(
+            f"{name} row {row} has a token after PAD: pad rows on the right, or pass "
+            "*_segmentation for packed rows."
         )

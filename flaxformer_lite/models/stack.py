@@ -20,9 +20,9 @@ REMAT_POLICIES = {
 class LayerStack(nn.Module):
     """Applies `layer_class` num_layers times: x -> layer_N(...layer_1(x)).
 
-    Each layer is called as layer(x, *broadcast_args) -> (x, None); the
-    broadcast arguments (masks, encoder output, cache index) are the same for
-    every layer.
+    Each layer is built as layer_class(config, **layer_attributes) and called
+    as layer(x, *broadcast_args) -> (x, None); the broadcast arguments (masks,
+    encoder output, cache index) are the same for every layer.
     """
 
     layer_class: type[nn.Module]
@@ -30,7 +30,7 @@ class LayerStack(nn.Module):
     num_layers: int
 
     @nn.compact
-    def __call__(self, x, *broadcast_args, deterministic: bool = True, decode: bool = False):
+    def __call__(self, x, *broadcast_args, **layer_attributes):
         cfg = self.config
         layer_class = self.layer_class
         if cfg.remat_policy != "none":
@@ -43,14 +43,13 @@ class LayerStack(nn.Module):
             scanned = nn.scan(
                 layer_class,
                 variable_axes={"params": 0, "cache": 0, "intermediates": 0},
-                split_rngs={"params": True, "dropout": True},
+                split_rngs={"params": True, "dropout": True},  # each layer its own masks
                 in_axes=(nn.broadcast,) * len(broadcast_args),
                 length=self.num_layers,
             )
-            x, _ = scanned(cfg, deterministic, decode, name="layers")(x, *broadcast_args)
+            x, _ = scanned(cfg, name="layers", **layer_attributes)(x, *broadcast_args)
             return x
         for index in range(self.num_layers):
-            x, _ = layer_class(cfg, deterministic, decode, name=f"layer_{index}")(
-                x, *broadcast_args
-            )
+            layer = layer_class(cfg, name=f"layer_{index}", **layer_attributes)
+            x, _ = layer(x, *broadcast_args)
         return x
