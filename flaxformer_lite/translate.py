@@ -14,12 +14,12 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from flaxformer_lite.data import load_tokenizer
+from flaxformer_lite.data import DataError, load_tokenizer
 from flaxformer_lite.decoding import decode_batch
+from flaxformer_lite.experiment import model_config_from
 from flaxformer_lite.models.encoder_decoder import Transformer
 from flaxformer_lite.special_tokens import EOS_ID
-from flaxformer_lite.training.checkpoint import restore_params
-from flaxformer_lite.training.trainer import model_config_from
+from flaxformer_lite.training.checkpoint import CheckpointError, restore_params
 
 
 class Translator:
@@ -88,12 +88,11 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     FLAGS = flags.FLAGS
-    translator = Translator(FLAGS.workdir, FLAGS.step)
-    if FLAGS.input:
-        with open(FLAGS.input) as f:
-            lines = f.read().splitlines()
-    else:
-        lines = sys.stdin.read().splitlines()
+    try:
+        translator = Translator(FLAGS.workdir, FLAGS.step)
+        lines = _read_lines(FLAGS.input)
+    except (OSError, CheckpointError, DataError) as error:  # bad input: one line, no trace
+        raise SystemExit(f"error: {error}") from None
     translations = translator.translate(
         lines, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha, max_length=FLAGS.max_length
     )
@@ -103,6 +102,14 @@ def main(argv):
             f.write(text)
     else:
         sys.stdout.write(text)
+
+
+def _read_lines(path: str | None) -> list[str]:
+    """The lines of `path`, or of stdin when it is None."""
+    if path is None:
+        return sys.stdin.read().splitlines()
+    with open(path) as f:
+        return f.read().splitlines()
 
 
 def run():

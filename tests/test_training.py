@@ -10,9 +10,12 @@ import optax
 import pytest
 from flax.training.train_state import TrainState
 
+from configs.default import get_config
 from flaxformer_lite import Transformer, TransformerConfig
 from flaxformer_lite.special_tokens import EOS_ID
+from flaxformer_lite.training import losses as losses_module
 from flaxformer_lite.training import parallel
+from flaxformer_lite.training import step as step_module
 from flaxformer_lite.training.losses import smoothed_cross_entropy, token_metrics
 from flaxformer_lite.training.optimizer import decay_mask, make_optimizer
 from flaxformer_lite.training.schedules import make_schedule, transformer_schedule
@@ -184,29 +187,91 @@ def test_pmap_on_four_devices_equals_one_device(tiny_state):
     np.testing.assert_allclose(multi_eval["nll_sum"][0], single_eval["nll_sum"], rtol=2e-5)
 
 
-@pytest.mark.parametrize("device_count", [1, 4])
-def test_dropout_prng_choice_is_one_the_pmapped_train_step_compiles_with(tiny_state, device_count):
-    devices = tuple(jax.local_devices()[:device_count])
-    with_dropout = Transformer(TINY.replace(dropout_rate=0.1, attention_dropout_rate=0.1))
-    state = tiny_state.replace(apply_fn=with_dropout.apply)
-    auto = parallel.dropout_prng_impl("auto", devices)
-    if device_count == 1:
-        assert auto == "philox2x32"  # the fast generator whenever it compiles
-    for name in ("philox2x32", "threefry2x32"):
-        try:
-            chosen = parallel.dropout_prng_impl(name, devices)
-        except ValueError as error:
-            assert name != auto and "prng_impl=auto" in str(error)
-            continue
-        assert chosen == name
-        batch = jax.tree_util.tree_map(
-            lambda x: x[: 2 * device_count].reshape(device_count, 2, *x.shape[1:]),
-            random_batch(3),
-        )
-        p_step = parallel.pmapped_train_step(label_smoothing=0.1)
-        rng = jax.random.key(0, impl=chosen)
-        _, metrics = p_step(parallel.replicate(state, devices), batch, rng)
-        assert np.isfinite(metrics["loss_sum"]).all()
+def test_dropout_prng_is_threefry_by_default_and_names_are_checked_before_compiling():
+    assert get_config().prng_impl == "threefry2x32"
+    assert parallel.dropout_prng_impl("philox2x32", local_device_count=1) == "philox2x32"
+    with pytest.raises(ValueError, match="prng_impl='philox2x32'.*threefry2x32"):
+        parallel.dropout_prng_impl("philox2x32", local_device_count=4)
+    with pytest.raises(ValueError, match="prng_impl='mersenne' is unknown"):
+        parallel.dropout_prng_impl("mersenne", local_device_count=1)
+
+
+def record_dropout_masks(monkeypatch) -> list[bytes]:
+    """Every mask jax.random.bernoulli draws from now on, as bytes, reported from the device."""
+    masks = []
+    draw = jax.random.bernoulli
+
+    def recording_draw(key, p=0.5, shape=None, **kwargs):
+        mask = draw(key, p, shape, **kwargs)
+        jax.debug.callback(lambda m: masks.append(np.asarray(m).tobytes()), mask)
+        return mask
+
+    monkeypatch.setattr(jax.random, "bernoulli", recording_draw)
+    return masks
+
+
+def test_dropout_masks_differ_across_steps_devices_and_scanned_layers(tiny_state, monkeypatch):
+    masks = record_dropout_masks(monkeypatch)
+    scanned = Transformer(
+        TINY.replace(dropout_rate=0.5, scan_layers=True, num_encoder_layers=2, num_decoder_layers=2)
+    )
+    batch = random_batch(4)
+    params = scanned.init(jax.random.key(0), batch["inputs"], batch["targets"])["params"]
+    state = TrainState.create(apply_fn=scanned.apply, params=params, tx=optax.sgd(0.0))
+    identical_shards = jax.tree_util.tree_map(lambda x: np.stack([x[:2]] * 4), batch)
+    p_step = parallel.pmapped_train_step(label_smoothing=0.0)
+    state = parallel.replicate(state)
+    for _ in range(2):  # steps 0 and 1, same batch, same parameters (lr 0)
+        state, _ = p_step(state, identical_shards, jax.random.key(0))
+    jax.effects_barrier()
+    # Per device and step: 2 scanned layers x (3 encoder + 4 decoder sites) + 2 embeddings.
+    assert len(masks) == 2 * 4 * (2 * 7 + 2)
+    assert len(set(masks)) == len(masks), "some dropout masks repeat"
+
+
+def test_train_step_normalises_by_the_real_tokens_pad_id_names(tiny_state, monkeypatch):
+    """With PAD_ID moved to 5, the loss is the mean over tokens that are not 5."""
+    monkeypatch.setattr(step_module, "PAD_ID", 5)
+    monkeypatch.setattr(losses_module, "PAD_ID", 5)
+    rng = np.random.default_rng(5)
+    inputs = rng.integers(6, 16, size=(4, 6)).astype(np.int32)
+    targets = np.concatenate([inputs[:, :4], np.full((4, 2), 5, np.int32)], axis=1)
+    batch = {"inputs": inputs, "targets": targets}  # 16 real target tokens, 8 "pads"
+    sgd = tiny_state.replace(tx=optax.sgd(1.0), opt_state=optax.sgd(1.0).init(tiny_state.params))
+    new_state, metrics = jax.jit(train_step)(sgd, batch, jax.random.key(0))
+
+    def mean_loss(params):
+        logits = tiny_state.apply_fn({"params": params}, batch["inputs"], batch["targets"])
+        sums = token_metrics(logits, batch["targets"])
+        return sums["loss_sum"] / sums["token_count"]
+
+    expected_step = jax.grad(mean_loss)(tiny_state.params)
+    taken_step = jax.tree_util.tree_map(jnp.subtract, tiny_state.params, new_state.params)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), taken_step, expected_step
+    )
+
+
+def test_accuracy_counts_nan_logits_as_wrong():
+    logits = jnp.zeros((1, 3, 5)).at[0, 0, 2].set(9.0)  # position 0 right, label 2
+    logits = logits.at[0, 1].set(jnp.nan)  # the whole row NaN
+    logits = logits.at[0, 2, 4].set(jnp.nan)  # one NaN beside a winning label logit
+    logits = logits.at[0, 2, 1].set(9.0)
+    metrics = token_metrics(logits, jnp.array([[2, 2, 1]]))
+    assert metrics["correct_sum"] == 1 and metrics["exact_sum"] == 0
+
+
+def test_a_nonfinite_update_is_not_applied_but_the_step_counts(tiny_state):
+    batch, rng = random_batch(6), jax.random.key(0)
+    step = jax.jit(train_step)
+    finite_state, finite_metrics = step(tiny_state, batch, rng)
+    assert finite_metrics["nonfinite"] == 0.0 and int(finite_state.step) == 1
+    exploding = TrainState.create(
+        apply_fn=tiny_state.apply_fn, params=tiny_state.params, tx=optax.sgd(float("inf"))
+    )
+    new_state, metrics = step(exploding, batch, rng)
+    assert metrics["nonfinite"] == 1.0 and int(new_state.step) == 1
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.params, tiny_state.params)
 
 
 def test_train_step_is_pure_and_lowers_the_loss(tiny_state):

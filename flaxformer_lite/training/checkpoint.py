@@ -1,7 +1,9 @@
 """Orbax checkpoints: atomic, keep-last-K, asynchronous, resumable.
 
 A checkpoint holds the train state and, beside it, the data iterator's state,
-so a resumed run continues with exactly the batch it would have seen next.
+so a resumed run continues with exactly the batch it would have seen next,
+and a small "run" record (the dropout PRNG implementation) that a resume must
+match to draw the same masks.
 Orbax writes each step to a temporary directory and renames it when complete,
 so a run killed mid-save leaves the previous step intact; the unfinished
 directory is ignored and cleaned up on the next start.
@@ -22,11 +24,22 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """Save every `save_every` steps (the caller asks `should_save`), keep the last `keep`."""
+    """Save every `save_every` steps (the caller asks `should_save`), keep the last `keep`.
 
-    def __init__(self, workdir: str, save_every: int, keep: int = 3, async_save: bool = True):
+    `run` ({"prng_impl": ...}) is saved with every step and checked on restore.
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        save_every: int,
+        keep: int = 3,
+        async_save: bool = True,
+        run: dict | None = None,
+    ):
         self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
         self.save_every = save_every
+        self.run = run or {}
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -44,7 +57,7 @@ class Checkpointer:
 
     def save(self, step: int, state, data_iterator=None) -> None:
         """Start saving `state` (a host copy) at `step`; the writing finishes in the background."""
-        items = {"state": ocp.args.StandardSave(state)}
+        items = {"state": ocp.args.StandardSave(state), "run": ocp.args.JsonSave(self.run)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -53,11 +66,12 @@ class Checkpointer:
         """The state saved at `step` (default: latest), shaped like `state_template`.
 
         Also moves `data_iterator` to where it was at that step. Raises
-        CheckpointError naming the directory if the files cannot be read.
+        CheckpointError naming the directory if the files cannot be read, or
+        if they were written with another run record (e.g. prng_impl).
         """
         step = self.latest_step() if step is None else step
         template = jax.device_get(state_template)
-        items = {"state": ocp.args.StandardRestore(template)}
+        items = {"state": ocp.args.StandardRestore(template), "run": ocp.args.JsonRestore()}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
@@ -67,7 +81,17 @@ class Checkpointer:
         mismatch = _first_shape_mismatch(template, restored["state"])
         if mismatch:
             raise self._unusable(step, mismatch)
+        self._check_run_record(step, restored["run"])
         return restored["state"]
+
+    def _check_run_record(self, step: int, saved: dict) -> None:
+        for name, value in self.run.items():
+            if saved.get(name) != value:
+                raise CheckpointError(
+                    f"Checkpoint step {step} in {self.directory} was trained with "
+                    f"{name}={saved.get(name)!r}, this run asks for {name}={value!r}: resume "
+                    f"with --config.{name}={saved.get(name)}, or train in a fresh --workdir."
+                )
 
     def _unusable(self, step, problem: str) -> CheckpointError:
         return CheckpointError(

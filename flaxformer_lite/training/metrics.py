@@ -22,4 +22,6 @@ def summarize(step_metrics: list[dict]) -> dict[str, float]:
     }
     if "grad_norm" in totals:
         summary["grad_norm"] = totals["grad_norm"] / len(step_metrics)
+    if "nonfinite" in totals:
+        summary["nonfinite_steps"] = totals["nonfinite"]
     return summary

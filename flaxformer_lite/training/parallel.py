@@ -6,12 +6,9 @@ its slice. On several hosts, `jax.distributed.initialize()` joins them into one
 runtime first, after which `psum` spans every device of every host.
 """
 
-import contextlib
 import functools
-import os
 
 import jax
-import jax.numpy as jnp
 from flax import jax_utils
 
 from flaxformer_lite.training.step import eval_step, train_step
@@ -41,53 +38,27 @@ def pmapped_eval_step(label_smoothing: float):
     return jax.pmap(step, axis_name=AXIS)
 
 
-def dropout_prng_impl(name: str, devices: tuple[jax.Device, ...]) -> str:
-    """The PRNG implementation for dropout keys under pmap over `devices`.
+# Dropout-key generators JAX offers. The choice is made from the config alone,
+# so every process of a job, and every resume, draws the same masks.
+PRNG_IMPLS = ("threefry2x32", "philox2x32", "rbg", "unsafe_rbg")
 
-    Dropout masks are most of the random numbers a train step draws, and
-    Philox makes them about 5x cheaper than JAX's default threefry on CPU
-    (benchmarks/NOTES.md). "auto" picks philox2x32 where it compiles and
-    threefry2x32 elsewhere: in jax 0.10 Philox's `mulhi` fails to compile
-    under pmap over several devices (Shardy partitioner), so the choice is
-    probed, not assumed. An explicit name that does not compile is an error.
+
+def dropout_prng_impl(name: str, local_device_count: int) -> str:
+    """Check the configured dropout-key generator and return its name.
+
+    threefry2x32, JAX's default, is the default here too. philox2x32 makes
+    dropout masks about 5x cheaper on CPU (benchmarks/NOTES.md), but in
+    jax 0.10 it does not compile under pmap over several devices, so it is
+    refused there before anything compiles.
     """
-    if name == "auto":
-        return "philox2x32" if _compiles_under_pmap("philox2x32", devices) else "threefry2x32"
-    if not _compiles_under_pmap(name, devices):
+    if name not in PRNG_IMPLS:
+        raise ValueError(f"prng_impl={name!r} is unknown: use one of {', '.join(PRNG_IMPLS)}.")
+    if name == "philox2x32" and local_device_count > 1:
         raise ValueError(
-            f"prng_impl={name!r} does not compile under pmap over {len(devices)} devices with "
-            f"jax {jax.__version__}; use --config.prng_impl=auto or threefry2x32."
+            f"prng_impl='philox2x32' does not compile under pmap over {local_device_count} "
+            f"devices with jax {jax.__version__}; use --config.prng_impl=threefry2x32."
         )
     return name
-
-
-@functools.cache
-def _compiles_under_pmap(name: str, devices: tuple[jax.Device, ...]) -> bool:
-    key = jax.random.key(0, impl=name)  # An unknown name raises here, listing the known ones.
-
-    def dropout(x, key):  # x (8,) on each device
-        key = jax.random.fold_in(key, jax.lax.axis_index(AXIS))
-        return jnp.where(jax.random.bernoulli(key, 0.5, x.shape), x, 0.0)
-
-    apply = jax.pmap(dropout, axis_name=AXIS, in_axes=(0, None), devices=devices)
-    try:
-        with _stderr_silenced():  # MLIR prints its lowering error straight to fd 2.
-            apply.lower(jnp.ones((len(devices), 8)), key).compile()
-    except jax.errors.JaxRuntimeError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _stderr_silenced():
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 replicate = jax_utils.replicate

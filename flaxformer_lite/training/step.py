@@ -9,10 +9,12 @@ real tokens.
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax.training.train_state import TrainState
 from jax import lax
 
+from flaxformer_lite.special_tokens import PAD_ID
 from flaxformer_lite.training.losses import token_metrics
 
 MODEL_INPUTS = (
@@ -46,13 +48,17 @@ def train_step(
     The loss is the label-smoothed cross-entropy averaged over every real
     target token of the global batch. Dropout keys are derived from `rng`,
     the step and the device index, so a resumed run draws the same masks.
+
+    A non-finite loss, gradient norm or update is not applied: parameters and
+    optimizer state stay as they were, the step counter still advances, and
+    metrics["nonfinite"] is 1. Every device sees the same summed values, so
+    all of them (on every host) make the same decision.
     """
     dropout_key = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
         dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(axis_name))
-    global_token_count = _psum((batch["targets"] != 0).sum().astype("float32"), axis_name).clip(
-        min=1.0
-    )
+    real_tokens = (batch["targets"] != PAD_ID).sum().astype(jnp.float32)
+    global_token_count = _psum(real_tokens, axis_name).clip(min=1.0)
 
     def loss_fn(params):
         logits = state.apply_fn(
@@ -69,7 +75,24 @@ def train_step(
     grads = _psum(grads, axis_name)
     metrics = _psum(metrics, axis_name)
     metrics["grad_norm"] = optax.tree.norm(grads)  # before clipping
-    return state.apply_gradients(grads=grads), metrics
+    updates, new_opt_state = state.tx.update(grads, state.opt_state, state.params)
+    is_finite = (
+        jnp.isfinite(metrics["loss_sum"])
+        & jnp.isfinite(metrics["grad_norm"])
+        & jnp.isfinite(optax.tree.norm(updates))  # catches an infinite learning rate
+    )
+    metrics["nonfinite"] = (~is_finite).astype(jnp.float32)
+    params, opt_state = _select(
+        is_finite,
+        (optax.apply_updates(state.params, updates), new_opt_state),
+        (state.params, state.opt_state),
+    )
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _select(condition: jax.Array, if_true, if_false):
+    """Pick one of two pytrees of the same structure, leaf by leaf, on a scalar condition."""
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(condition, a, b), if_true, if_false)
 
 
 def eval_step(

@@ -1,13 +1,12 @@
 """The training loop: data -> pmapped train_step -> metrics, evaluation, checkpoints."""
 
-import dataclasses
+import contextlib
 import functools
 import os
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax.training.train_state import TrainState
 from tqdm import tqdm
 
@@ -15,22 +14,20 @@ from flaxformer_lite import evaluation, flops
 from flaxformer_lite.config import TransformerConfig
 from flaxformer_lite.data import create_datasets
 from flaxformer_lite.decoding import decode_batch
+from flaxformer_lite.experiment import ConfigError, check_config, model_config_from
 from flaxformer_lite.models.encoder_decoder import Transformer
 from flaxformer_lite.training import parallel
 from flaxformer_lite.training.checkpoint import Checkpointer
+from flaxformer_lite.training.guards import (
+    Interrupted,
+    NonFiniteSteps,
+    StopSignals,
+    WorkdirLock,
+)
 from flaxformer_lite.training.logging import MetricWriter, format_metrics
 from flaxformer_lite.training.metrics import summarize
 from flaxformer_lite.training.optimizer import make_optimizer
 from flaxformer_lite.training.schedules import make_schedule
-
-
-def model_config_from(config, vocab_size: int) -> TransformerConfig:
-    """The TransformerConfig fields a flat experiment config sets, plus data-derived ones."""
-    names = {field.name for field in dataclasses.fields(TransformerConfig)}
-    values = {name: config[name] for name in names if name in config}
-    values["vocab_size"] = vocab_size
-    values["max_len"] = max(config.max_source_length, config.max_target_length)
-    return TransformerConfig(**values)
 
 
 def create_train_state(model: Transformer, config, rng: jax.Array) -> TrainState:
@@ -64,7 +61,11 @@ def pmapped_decode(model: Transformer, config):
 
 
 def decode_split(p_decode, params, datasets, split: str = "validation"):
-    """Generate for every example of `split`: (sources, predictions, references) token rows."""
+    """Generate for every example of `split`: (sources, predictions, references) token rows.
+
+    Sources and references are the rows the model reads, cut to the length limits; score
+    generated text against `datasets.reference_texts(split)`, which holds them whole.
+    """
     sources, predictions, references = [], [], []
     for batch in datasets.eval_batches(split):
         tokens = jax.device_get(p_decode(params, batch["inputs"]))
@@ -75,13 +76,15 @@ def decode_split(p_decode, params, datasets, split: str = "validation"):
     return sources, predictions, references
 
 
-def generation_metrics(config, tokenizer, predictions, references) -> dict[str, float]:
-    """Exact match of generated sequences; corpus BLEU (sacrebleu) when config.eval_bleu."""
-    metrics = {"exact_match": evaluation.exact_match(np.array(predictions), np.array(references))}
+def generation_metrics(config, tokenizer, predictions, reference_texts) -> dict[str, float]:
+    """Exact match and, when config.eval_bleu, corpus BLEU (sacrebleu) of the decoded text.
+
+    Both compare with `reference_texts`, the untouched target text of every example.
+    """
+    hypotheses = [tokenizer.decode(prediction) for prediction in predictions]
+    metrics = {"exact_match": evaluation.exact_text_match(hypotheses, reference_texts)}
     if config.eval_bleu:
-        bleu, signature = evaluation.corpus_bleu(
-            [tokenizer.decode(p) for p in predictions], [tokenizer.decode(r) for r in references]
-        )
+        bleu, signature = evaluation.corpus_bleu(hypotheses, reference_texts)
         metrics["bleu"] = bleu
         print(f"BLEU {bleu:.2f} ({signature})")
     return metrics
@@ -119,23 +122,45 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     """Train the configured model in `workdir`, resuming from its latest checkpoint.
 
     Returns the final evaluation metrics, also printed as the run's last line,
-    `final: key=value ...`.
+    `final: key=value ...`. Raises ConfigError before any work for a config
+    that cannot work, WorkdirInUseError if another live run holds `workdir`,
+    NonFiniteError when a step goes NaN (unless config.skip_nonfinite), and
+    Interrupted after saving a checkpoint when SIGTERM or SIGINT arrives.
     """
+    check_config(config)
+    prng_impl = _checked_prng_impl(config.prng_impl)
     parallel.initialize_distributed(config.distributed)
-    is_chief = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
+    # The first process holds the lock for the job; the others share its workdir.
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_and_evaluate(config, workdir, prng_impl)
+
+
+def _checked_prng_impl(name: str) -> str:
+    try:
+        return parallel.dropout_prng_impl(name, jax.local_device_count())
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float]:
+    is_chief = jax.process_index() == 0
     datasets = create_datasets(config, workdir, jax.local_device_count())
     if is_chief:
         print(datasets.info)
     model_config = model_config_from(config, datasets.tokenizer.vocab_size)
     model = Transformer(model_config)
     step_flops, peak_flops = step_flops_and_peak(model_config, config)
-    init_rng = jax.random.key(config.seed)
-    prng_impl = parallel.dropout_prng_impl(config.prng_impl, tuple(jax.local_devices()))
     dropout_rng = jax.random.key(config.seed, impl=prng_impl)
-    state = create_train_state(model, config, init_rng)
+    state = create_train_state(model, config, jax.random.key(config.seed))
 
-    checkpointer = Checkpointer(workdir, config.checkpoint_every_steps, config.keep_checkpoints)
+    checkpointer = Checkpointer(
+        workdir,
+        config.checkpoint_every_steps,
+        config.keep_checkpoints,
+        run={"prng_impl": prng_impl},
+    )
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state, datasets.train_iter)
         print(f"Resumed from step {int(state.step)} in {checkpointer.directory}")
@@ -148,6 +173,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     p_eval_step = parallel.pmapped_eval_step(config.label_smoothing)
     p_decode = pmapped_decode(model, config)
     writer = MetricWriter(workdir, enabled=is_chief)
+    nonfinite = NonFiniteSteps(
+        skip=config.skip_nonfinite,
+        last_good_checkpoint=lambda: _describe_latest(checkpointer),
+    )
 
     def run_evaluation(step, train):
         teacher_forced = evaluate(p_eval_step, state, datasets)
@@ -157,17 +186,27 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
             "eval_loss": teacher_forced["loss"],
             "eval_perplexity": teacher_forced["perplexity"],
             "eval_accuracy": teacher_forced["accuracy"],
-            **generation_metrics(config, datasets.tokenizer, predictions, references),
+            **generation_metrics(
+                config, datasets.tokenizer, predictions, datasets.reference_texts()
+            ),
             "tokens_per_s": train.get("tokens_per_s", float("nan")),
             "mfu": train.get("mfu", float("nan")),
             "learning_rate": float(learning_rate(step - 1)),
         }
+        if config.skip_nonfinite:
+            metrics["skipped_steps"] = nonfinite.skipped
         writer.write(step, metrics)
         return metrics, (sources, predictions, references)
+
+    def save(step):
+        nonfinite.flush()  # never write the state of a step that went non-finite
+        checkpointer.save(step, parallel.unreplicate(state), datasets.train_iter)
 
     start_step = int(state.step)
     state = parallel.replicate(state)
     train, pending, interval_start = {}, [], time.perf_counter()
+    if is_chief:
+        print(f"Training steps {start_step + 1} to {config.num_train_steps}", flush=True)
     progress = tqdm(
         range(start_step, config.num_train_steps),
         initial=start_step,
@@ -176,33 +215,44 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         dynamic_ncols=True,
         mininterval=1.0,
     )
-    for step in progress:
-        batch = next(datasets.train_iter)
-        state, metrics = p_train_step(state, batch, dropout_rng)
-        pending.append(metrics)  # stays on device: no host sync until the next log
-        done = step + 1
-        last = done == config.num_train_steps
-        if done % config.log_every_steps == 0 or last:
-            train = summarize([_first_replica(m) for m in pending])
-            seconds = time.perf_counter() - interval_start
-            train["tokens_per_s"] = train.pop("tokens") / seconds
-            train["mfu"] = step_flops * len(pending) / seconds / peak_flops
-            progress.set_postfix(
-                loss=f"{train['loss']:.3f}",
-                lr=f"{float(learning_rate(step)):.2e}",
-                tok_s=f"{train['tokens_per_s']:.0f}",
-                mfu=f"{train['mfu']:.1%}",
-            )
-            pending = []
-        if done % config.eval_every_steps == 0 and not last:
-            metrics, _ = run_evaluation(done, train)
-            progress.write(f"step {done}: {format_metrics(metrics)}")
-        if checkpointer.should_save(done) or last:
-            checkpointer.save(done, parallel.unreplicate(state), datasets.train_iter)
-        if done % config.log_every_steps == 0:
-            interval_start = time.perf_counter()  # evaluation and saving are not training time
-    checkpointer.wait()
-    checkpointer.close()
+    try:
+        with StopSignals() as stop_signals:
+            for step in progress:
+                batch = next(datasets.train_iter)
+                state, metrics = p_train_step(state, batch, dropout_rng)
+                done = step + 1
+                # Checks step `done - 1` now that `done` is queued: no wait for the device.
+                nonfinite.push(done, metrics["nonfinite"])
+                pending.append(metrics)  # stays on device: no host sync until the next log
+                last = done == config.num_train_steps
+                if done % config.log_every_steps == 0 or last:
+                    train = summarize([_first_replica(m) for m in pending])
+                    seconds = time.perf_counter() - interval_start
+                    train["tokens_per_s"] = train.pop("tokens") / seconds
+                    train["mfu"] = step_flops * len(pending) / seconds / peak_flops
+                    progress.set_postfix(
+                        loss=f"{train['loss']:.3f}",
+                        lr=f"{float(learning_rate(step)):.2e}",
+                        tok_s=f"{train['tokens_per_s']:.0f}",
+                        mfu=f"{train['mfu']:.1%}",
+                    )
+                    pending = []
+                if stop_signals.requested(done):
+                    save(done)
+                    checkpointer.wait()
+                    raise Interrupted(stop_signals.received, done, checkpointer.directory)
+                if done % config.eval_every_steps == 0 and not last:
+                    metrics, _ = run_evaluation(done, train)
+                    progress.write(f"step {done}: {format_metrics(metrics)}")
+                if checkpointer.should_save(done) or last:
+                    save(done)
+                if done % config.log_every_steps == 0:
+                    interval_start = time.perf_counter()  # evaluation and saving are not training
+            nonfinite.flush()
+    finally:
+        progress.close()
+        checkpointer.wait()  # whatever ends the loop, a started save is committed
+        checkpointer.close()
 
     final, examples = run_evaluation(max(start_step, config.num_train_steps), train)
     writer.close()
@@ -210,3 +260,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         print_examples(datasets.tokenizer, *examples, config.num_print_examples)
         print(f"final: step={config.num_train_steps} {format_metrics(final)}", flush=True)
     return final
+
+
+def _describe_latest(checkpointer: Checkpointer) -> str:
+    step = checkpointer.latest_step()
+    if step is None:
+        return f"none yet in {checkpointer.directory}"
+    return f"step {step} in {checkpointer.directory}"
