@@ -1,5 +1,7 @@
 """The encoder-decoder Transformer: structure, masking properties, parameter count."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -248,12 +250,17 @@ def test_forward_mode_autodiff_runs_through_the_model_with_defaults(tiny):
     def logits_of(params):
         return model.apply({"params": params}, INPUTS, TARGETS)
 
-    _, forward_tangent = jax.jvp(logits_of, (params,), (tangent,))
-    _, linear = jax.linearize(logits_of, params)
-    np.testing.assert_allclose(linear(tangent), forward_tangent, atol=1e-5)
+    @jax.jit
+    def forward_mode(params, tangent):
+        _, forward_tangent = jax.jvp(logits_of, (params,), (tangent,))
+        _, linear = jax.linearize(logits_of, params)
+        return forward_tangent, linear(tangent)
+
+    forward_tangent, linearized = forward_mode(params, tangent)
+    np.testing.assert_allclose(linearized, forward_tangent, atol=1e-5)
     # Both agree with a finite difference of the float32 logits.
     shifted = jax.tree.map(lambda leaf, step: leaf + step, params, tangent)
-    finite_difference = logits_of(shifted) - logits_of(params)
+    finite_difference = jax.jit(logits_of)(shifted) - jax.jit(logits_of)(params)
     np.testing.assert_allclose(forward_tangent, finite_difference, atol=2e-4)
 
 
@@ -269,33 +276,34 @@ def stacked_on_a_layer_axis(params, num_layers=2):
     return params
 
 
+@functools.cache
+def gradients_with_dropout(config):
+    """Gradients of the loss with dropout on and fixed keys, from the `tiny` weights."""
+    model = Transformer(config)
+    params = Transformer(TINY).init(jax.random.key(0), INPUTS, TARGETS)["params"]
+    if config.scan_layers:
+        params = stacked_on_a_layer_axis(params)
+
+    def loss(params):
+        logits = model.apply(
+            {"params": params},
+            INPUTS,
+            TARGETS,
+            deterministic=False,
+            rngs={"dropout": jax.random.key(5)},
+        )
+        return smoothed_cross_entropy(logits, TARGETS).mean()
+
+    return jax.jit(jax.grad(loss))(params)
+
+
 @pytest.mark.parametrize("scan_layers", [False, True], ids=["looped", "scanned"])
 @pytest.mark.parametrize("remat_policy", ["full", "dots_saveable"])
-def test_remat_gives_the_same_gradients(tiny, scan_layers, remat_policy):
+def test_remat_gives_the_same_gradients(scan_layers, remat_policy):
     """Remat changes only the backward pass, so compare gradients (dropout on, same keys)."""
-    _, variables = tiny
-    params = variables["params"]
-    if scan_layers:
-        params = stacked_on_a_layer_axis(params)
     config = TINY.replace(dropout_rate=0.2, scan_layers=scan_layers)
-
-    def gradients(config):
-        model = Transformer(config)
-
-        def loss(params):
-            logits = model.apply(
-                {"params": params},
-                INPUTS,
-                TARGETS,
-                deterministic=False,
-                rngs={"dropout": jax.random.key(5)},
-            )
-            return smoothed_cross_entropy(logits, TARGETS).mean()
-
-        return jax.jit(jax.grad(loss))(params)
-
-    stored = gradients(config)
-    recomputed = gradients(config.replace(remat_policy=remat_policy))
+    stored = gradients_with_dropout(config)
+    recomputed = gradients_with_dropout(config.replace(remat_policy=remat_policy))
     for got, want in zip(jax.tree.leaves(recomputed), jax.tree.leaves(stored), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)
     assert max(float(jnp.abs(leaf).max()) for leaf in jax.tree.leaves(stored)) > 1e-2
