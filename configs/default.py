@@ -3,6 +3,10 @@
 Trains a small encoder-decoder to >= 99% exact match on held-out examples in
 a few minutes on a 2-core CPU. Every field can be overridden from the command
 line, e.g. `python train.py --config.num_train_steps=2000`.
+
+This file is the one source of experiment defaults: the data pipeline and the
+trainer read every field from here (other configs start from it), and
+`flaxformer_lite.experiment.check_config` validates them all before any work.
 """
 
 import ml_collections
@@ -35,13 +39,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.reverse_translation = False
     config.max_source_length = 16  # tokens, including EOS
     config.max_target_length = 16
-    config.overlong = "filter"  # filter | truncate examples longer than the limits
+    config.overlong = "filter"  # filter | truncate over-long TRAINING examples (eval keeps all)
+    config.strict_data = False  # True: a malformed line in a local file stops the run
     config.pack_examples = True  # several short examples per training row
     config.per_device_batch_size = 128  # packed rows; larger batches settle the final model
     config.per_device_eval_batch_size = 128
     config.grain_worker_count = 0
 
-    # Model: see flaxformer_lite.TransformerConfig for every field.
+    # Model: every field of flaxformer_lite.TransformerConfig except the ones the data
+    # decide (vocab_size; max_len covers the source, target and decode lengths).
     config.d_model = 64
     config.num_heads = 4
     config.d_ff = 256
@@ -55,9 +61,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.tie_output_embedding = True
     config.dtype = "float32"
     config.param_dtype = "float32"
-    config.fused_attention = True
+    config.attention_implementation = "auto"  # auto | xla | cudnn | explicit
+    config.matmul_backward = "autodiff"  # autodiff | cpu_row_major (faster on CPU, no jvp)
     config.scan_layers = False
     config.remat_policy = "none"
+    config.local_window = placeholder(int)  # unset: self-attention sees every position
 
     # Optimisation: Adam with the paper's betas and warm-up schedule.
     config.num_train_steps = 900
@@ -71,9 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.grad_clip_norm = 1.0
     config.label_smoothing = 0.1
     config.seed = 0
-    # Dropout-mask generator: "auto" is Philox (~5x cheaper than threefry on CPU,
-    # benchmarks/NOTES.md) wherever it compiles, else threefry; or name one.
-    config.prng_impl = "auto"
+    # Dropout-mask generator, recorded in checkpoints: threefry2x32 (JAX's default) or
+    # philox2x32 (~5x cheaper on CPU, one device only in jax 0.10; benchmarks/NOTES.md).
+    config.prng_impl = "threefry2x32"
+    config.skip_nonfinite = False  # NaN/inf loss or update: False stops the run, True skips it
 
     # Evaluation, logging, checkpoints.
     config.log_every_steps = 50

@@ -1,4 +1,5 @@
-"""Scoring decoded outputs: exact match and token accuracy on token ids, corpus BLEU on text.
+"""Scoring decoded outputs: exact match and token accuracy on token ids; on text, exact match
+and corpus BLEU.
 
 Token arrays are (B, L) ids, such as `decoding.decode_batch` returns and the
 pipeline's padded targets: a row ends at its first EOS (which counts as a
@@ -35,6 +36,17 @@ def token_accuracy(predicted_tokens, target_tokens) -> float:
     targets = _up_to_eos(target_tokens, length)
     counted = targets != PAD_ID
     return float(np.sum((predicted == targets) & counted) / max(np.sum(counted), 1))
+
+
+def exact_text_match(hypotheses: list[str], references: list[str]) -> float:
+    """The fraction of decoded hypotheses identical to their reference text."""
+    if len(hypotheses) != len(references):
+        raise ValueError(
+            f"exact_text_match got {len(hypotheses)} hypotheses but {len(references)} references."
+        )
+    pairs = zip(hypotheses, references, strict=True)
+    matches = [hypothesis == reference for hypothesis, reference in pairs]
+    return float(np.mean(matches)) if matches else 0.0
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:

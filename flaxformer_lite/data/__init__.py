@@ -9,7 +9,7 @@
 
 Modules, in the order the data flow through them:
 
-    options      the config fields the pipeline reads, their defaults and checks
+    options      the config fields the pipeline reads, and their checks
     synthetic    copy / reverse / sort / addition tasks as a TFDS builder (the default data)
     local_files  TSV, aligned, plain-text and labelled files as a TFDS builder
     catalog      wmt14, ted_hrlr, tiny_shakespeare, lm1b, imdb_reviews from the TFDS catalog
@@ -25,7 +25,7 @@ Modules, in the order the data flow through them:
 
 from flaxformer_lite.data.datasets import Datasets, create_datasets, load_tokenizer
 from flaxformer_lite.data.errors import DataError
-from flaxformer_lite.data.options import DataOptions, default_config
+from flaxformer_lite.data.options import DataOptions
 from flaxformer_lite.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, Tokenizer
 
 __all__ = [
@@ -36,6 +36,5 @@ __all__ = [
     "SentencePieceTokenizer",
     "Tokenizer",
     "create_datasets",
-    "default_config",
     "load_tokenizer",
 ]

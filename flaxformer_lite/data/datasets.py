@@ -38,7 +38,8 @@ class Datasets:
     train_iter: grain.DatasetIterator
     info: str  # What the data are, for the log; several lines.
     length_reports: dict[str, LengthReport]  # Per split: examples and over-long ones.
-    eval_examples: dict[str, list[Example]]  # Per evaluation split: its tokenised examples.
+    eval_examples: dict[str, list[Example]]  # Per evaluation split: every example, tokenised.
+    eval_references: dict[str, list[str]]  # Per evaluation split: each target text, untouched.
     options: DataOptions
     layout: HostLayout
 
@@ -55,6 +56,15 @@ class Datasets:
         """
         batches = pipeline.eval_dataset(self._examples(split), self.options, self.layout)
         return (batches[index] for index in range(len(batches)))
+
+    def reference_texts(self, split: str = "validation") -> list[str]:
+        """The target text of each example that `eval_batches(split)` gives this host, in order.
+
+        Taken from the data as they are, never rebuilt from (possibly cut) token ids: generated
+        outputs are scored against these.
+        """
+        self._examples(split)  # Names a split that does not exist.
+        return list(pipeline.host_shard(self.eval_references[split], self.layout))
 
     def num_eval_examples(self, split: str = "validation") -> int:
         """The number of examples `eval_batches(split)` holds, over all hosts."""
@@ -101,23 +111,33 @@ def create_datasets(
             f"{options.max_source_length} or config.max_target_length="
             f"{options.max_target_length}: raise them, or set config.overlong='truncate'."
         )
-    eval_examples = {}
+    eval_examples, eval_references = {}, {}
     for split, pairs in text.splits.items():
         if split != "train":
-            eval_examples[split], reports[split] = pipeline.encode_split(
-                split, pairs, tokenizer, options
+            eval_examples[split], eval_references[split], reports[split] = (
+                pipeline.encode_eval_split(split, pairs, tokenizer, options)
             )
 
-    train = pipeline.train_dataset(text.splits["train"], tokenizer, options, layout)
+    train_iter = iter(pipeline.train_dataset(text.splits["train"], tokenizer, options, layout))
+    first_batch_tokens = peek_real_tokens(train_iter)
     return Datasets(
         tokenizer=tokenizer,
-        train_iter=iter(train),
-        info=describe(options, text, tokenizer, reports, layout),
+        train_iter=train_iter,
+        info=describe(options, text, tokenizer, reports, layout, first_batch_tokens),
         length_reports=reports,
         eval_examples=eval_examples,
+        eval_references=eval_references,
         options=options,
         layout=layout,
     )
+
+
+def peek_real_tokens(train_iter: grain.DatasetIterator) -> tuple[int, int]:
+    """The real (non-pad) source and target tokens of the next batch, leaving it the next."""
+    state = train_iter.get_state()
+    tokens = pipeline.real_tokens(next(train_iter))
+    train_iter.set_state(state)
+    return tokens
 
 
 def make_tokenizer(
@@ -191,22 +211,27 @@ def describe(
     tokenizer: Tokenizer,
     reports: dict[str, LengthReport],
     layout: HostLayout,
+    first_batch_tokens: tuple[int, int],
 ) -> str:
     """A few lines for the log: what the data are and what the batches look like."""
-    done = "dropped" if options.overlong == "filter" else "truncated"
     lengths = (options.max_source_length, options.max_target_length)
     train_rows = [layout.num_devices, options.per_device_batch_size]
+    rows = layout.num_devices * options.per_device_batch_size
+    slots = (rows * lengths[0], rows * lengths[1])
+    real = first_batch_tokens
     eval_rows = [layout.num_devices, options.eval_batch_size]
     (source, target), *_ = text.splits["train"].read([0])
     lines = [
         f"data: {text.description}",
         f"tokenizer: {options.tokenizer}, vocab_size {tokenizer.vocab_size}",
-        f"max lengths with EOS: source {lengths[0]}, target {lengths[1]}; longer examples are "
-        f"{done}:",
+        f"max lengths with EOS: source {lengths[0]}, target {lengths[1]}; longer examples:",
         *(f"  {report}" for report in reports.values()),
         f"train batches: inputs {[*train_rows, lengths[0]]}, targets {[*train_rows, lengths[1]]}"
         f", {'packed' if options.pack_examples else 'one example per row'}, shuffle seed "
         f"{options.seed}; host {layout.process_index + 1} of {layout.process_count}",
+        f"real tokens in the first train batch (this host): source {real[0]:,} of {slots[0]:,} "
+        f"slots ({real[0] / slots[0]:.0%}), target {real[1]:,} of {slots[1]:,} "
+        f"({real[1] / slots[1]:.0%})",
         f"eval batches: inputs {[*eval_rows, lengths[0]]}, targets {[*eval_rows, lengths[1]]}, "
         "one example per row, all-zero rows after the last",
         f"example: {source!r} -> {target!r}",

@@ -12,8 +12,10 @@ Four formats, chosen by `config.dataset`; every file is UTF-8 text, one example 
 The eval files are optional: without them there is a train split only. Blank lines are
 skipped. The builder config is named after the format and a hash of the files' contents, so
 a dataset is prepared once, reused while the files stay the same, and prepared afresh when
-they change. A missing or empty file, a line without its TAB or with bytes that are not
-UTF-8 stops preparation with a `DataError` naming the option or the file and line.
+they change. A missing or empty file stops the run with a `DataError` naming the option.
+A malformed line (bytes that are not UTF-8, or a TSV line without exactly one TAB) is never
+split by guesswork: by default it is skipped, counted, and the first few are named as
+file:line in the data's description; `config.strict_data=True` makes it a `DataError`.
 """
 
 from __future__ import annotations
@@ -48,61 +50,116 @@ LINE_FORMATS = {
 }
 
 
-def read_lines(path: str, keep_blank: bool = False) -> Iterator[tuple[int, str]]:
-    """The (line number, text) of each line of a UTF-8 file; blank lines only if asked."""
-    with open(path, "rb") as file:
-        for number, raw in enumerate(file, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                raise DataError(
-                    f"{path}, line {number}, byte {error.start + 1}: "
-                    f"{raw[error.start : error.end]!r} is not UTF-8; convert the file to UTF-8 "
-                    f"(e.g. `iconv -f latin1 -t utf-8`)."
-                ) from None
-            if keep_blank or line.strip():
-                yield number, line
+MAX_REPORTED_LINES = 5  # Malformed lines named in the log; the rest are only counted.
 
 
-def split_tab(path: str, number: int, line: str, layout: str) -> tuple[str, str]:
-    """The two fields of a line that must hold exactly one TAB."""
+class MalformedLine(Exception):
+    """A line that cannot be read as an example; the message says why."""
+
+
+@dataclasses.dataclass
+class MalformedLines:
+    """The malformed lines skipped so far: how many, and where the first few are."""
+
+    count: int = 0
+    first: list[str] = dataclasses.field(default_factory=list)  # "file:line: problem"
+
+    def add(self, where: str) -> None:
+        self.count += 1
+        if len(self.first) < MAX_REPORTED_LINES:
+            self.first.append(where)
+
+    def __str__(self) -> str:
+        more = f"; {self.count - len(self.first)} more" if self.count > len(self.first) else ""
+        return (
+            f"skipped {self.count} malformed lines ({'; '.join(self.first)}{more}); "
+            "config.strict_data=True stops on them instead"
+        )
+
+
+def decode_line(raw: bytes) -> str:
+    """A raw line as text without its line break; `MalformedLine` if it is not UTF-8."""
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as error:
+        raise MalformedLine(
+            f"byte {error.start + 1} ({raw[error.start : error.end]!r}) is not UTF-8"
+        ) from None
+
+
+def split_tab(line: str, layout: str) -> tuple[str, str]:
+    """The two fields of a line that must hold exactly one TAB; never guesses a split."""
     fields = line.split("\t")
     if len(fields) != 2:
-        raise DataError(
-            f"{path}, line {number}: found {len(fields) - 1} TABs, expected exactly one "
-            f"({layout}); fix the line or remove it."
-        )
+        raise MalformedLine(f"found {len(fields) - 1} TABs, expected exactly one ({layout})")
     return fields[0], fields[1]
 
 
-def read_pairs(format_name: str, paths: tuple[str, ...]) -> Iterator[tuple[str, str]]:
-    """The (source, target) pairs in the files `paths` of one split."""
-    layout = LINE_FORMATS[format_name]
+def to_pair(format_name: str, line: str) -> tuple[str, str]:
+    """A non-blank line of a single-file format as a (source, target) pair."""
+    if format_name == "text":
+        return "", line
+    return split_tab(line, LINE_FORMATS[format_name])
+
+
+def read_pairs(
+    format_name: str,
+    paths: tuple[str, ...],
+    *,
+    strict: bool,
+    skipped: MalformedLines | None = None,
+) -> Iterator[tuple[str, str]]:
+    """The (source, target) pairs in the files `paths` of one split, blank lines skipped.
+
+    A malformed line is a `DataError` naming file:line when `strict`; otherwise it is left
+    out and recorded in `skipped`.
+    """
+    skipped = MalformedLines() if skipped is None else skipped
     if format_name == "aligned":
-        yield from _aligned_pairs(*paths)
+        yield from _aligned_pairs(*paths, strict=strict, skipped=skipped)
         return
     (path,) = paths
-    for number, line in read_lines(path):
-        if format_name == "text":
-            yield "", line
-        else:
-            yield split_tab(path, number, line, layout)
+    with open(path, "rb") as file:
+        for number, raw in enumerate(file, start=1):
+            try:
+                line = decode_line(raw)
+                if line.strip():
+                    yield to_pair(format_name, line)
+            except MalformedLine as problem:
+                _skip_or_fail(f"{path}:{number}: {problem}", strict, skipped)
 
 
-def _aligned_pairs(source_path: str, target_path: str) -> Iterator[tuple[str, str]]:
-    # Blank lines are read too: they hold a place in the alignment.
-    sources = read_lines(source_path, keep_blank=True)
-    targets = read_lines(target_path, keep_blank=True)
-    for source, target in itertools.zip_longest(sources, targets):
-        if source is None or target is None:
-            number = (source or target)[0]
-            longer = source_path if target is None else target_path
-            raise DataError(
-                f"{longer}, line {number}: no matching line in the other file of the aligned "
-                f"pair ({source_path}, {target_path}); both need the same number of lines."
-            )
-        if source[1].strip() or target[1].strip():
-            yield source[1], target[1]
+def _aligned_pairs(
+    source_path: str, target_path: str, *, strict: bool, skipped: MalformedLines
+) -> Iterator[tuple[str, str]]:
+    # Blank lines are read too: they hold a place in the alignment. A malformed line drops
+    # its whole pair, so the lines after it stay aligned.
+    with open(source_path, "rb") as sources, open(target_path, "rb") as targets:
+        lines = itertools.zip_longest(sources, targets)
+        for number, (source, target) in enumerate(lines, start=1):
+            if source is None or target is None:
+                longer = source_path if target is None else target_path
+                raise DataError(
+                    f"{longer}:{number}: no matching line in the other file of the aligned pair "
+                    f"({source_path}, {target_path}); both need the same number of lines."
+                )
+            try:
+                pair = decode_line(source), decode_line(target)
+            except MalformedLine as problem:
+                where = f"{source_path}:{number} / {target_path}:{number}: {problem}"
+                _skip_or_fail(where, strict, skipped)
+                continue
+            if pair[0].strip() or pair[1].strip():
+                yield pair
+
+
+def _skip_or_fail(where: str, strict: bool, skipped: MalformedLines) -> None:
+    if strict:
+        raise DataError(
+            f"{where}; fix or remove the line, or set config.strict_data=False to skip "
+            "malformed lines."
+        )
+    skipped.add(where)
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -125,12 +182,25 @@ def builder_config(options: DataOptions) -> LocalFilesConfig:
                 for name, path in zip(names, paths, strict=True)
             )
     files = ", ".join(f"{split} {' + '.join(paths)}" for split, paths in split_files.items())
+    skipped = find_malformed_lines(format_name, split_files, strict=options.strict_data)
     return LocalFilesConfig(
         name=f"{format_name}-{_fingerprint(format_name, split_files)}",
-        description=f"{format_name}: {files}",
+        description=f"{format_name}: {files}" + (f"; {skipped}" if skipped.count else ""),
         format_name=format_name,
         split_files=split_files,
     )
+
+
+def find_malformed_lines(
+    format_name: str, split_files: dict[str, tuple[str, ...]], *, strict: bool
+) -> MalformedLines:
+    """Reads every file once, before preparation, so that even a run whose data are already
+    prepared reports the lines it skips (and a strict run stops before preparing anything)."""
+    skipped = MalformedLines()
+    for paths in split_files.values():
+        for _pair in read_pairs(format_name, paths, strict=strict, skipped=skipped):
+            pass  # Only the malformed lines matter here.
+    return skipped
 
 
 def _fingerprint(format_name: str, split_files: dict[str, tuple[str, ...]]) -> str:
@@ -193,7 +263,9 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, format_name: str, paths: tuple[str, ...]):
         count = 0
-        for count, (source, target) in enumerate(read_pairs(format_name, paths), start=1):
+        # Malformed lines were found (or refused) by `builder_config`; here they are left out.
+        pairs = read_pairs(format_name, paths, strict=False)
+        for count, (source, target) in enumerate(pairs, start=1):
             yield count, {"source": source, "target": target}
         if count == 0:
             raise DataError(

@@ -1,9 +1,9 @@
-"""The data options: every config field the input pipeline reads, its default and its checks.
+"""The data options: every config field the input pipeline reads, and their checks.
 
 The trainer's config is one flat `ml_collections.ConfigDict` shared with the model and the
-optimiser. `DataOptions.from_config` picks out the fields below; a field the config does
-not set keeps the default written here, so `configs/default.py` only names what it changes.
-`default_config()` returns these defaults as a `ConfigDict` to merge into a config.
+optimiser. `DataOptions.from_config` picks out the fields below. They have no defaults here:
+`configs/default.py` is the one source of experiment defaults, and a config built from it
+sets every field; a config that lacks one is a `DataError` naming it.
 """
 
 from __future__ import annotations
@@ -22,73 +22,81 @@ MAX_SYNTHETIC_SYMBOLS = 62  # digits, upper- and lower-case letters
 
 @dataclasses.dataclass(frozen=True)
 class DataOptions:
-    """The data fields of the config, with their defaults."""
+    """The data fields of the config; `configs/default.py` gives each its default."""
 
     # What to read. `dataset` is a synthetic task ("copy", "reverse", "sort", "addition"), a
     # local-file format ("tsv", "aligned", "text", "classification") or a catalog name
     # ("wmt14_translate/de-en", "ted_hrlr_translate/pt_to_en", "tiny_shakespeare", "lm1b",
     # "imdb_reviews").
-    dataset: str = "reverse"
+    dataset: str
     # Where tfds keeps prepared datasets. None: `<workdir>/data` for synthetic and local
     # data (cheap to regenerate), tfds' own default ($TFDS_DATA_DIR or
     # ~/tensorflow_datasets) for catalog data (expensive to download).
-    data_dir: str | None = None
+    data_dir: str | None
     # Catalog data only: may tfds download and prepare a dataset that is not in `data_dir`?
-    download: bool = True
+    download: bool
     # Catalog data only: a folder holding the dataset's source files, downloaded by hand.
-    manual_dir: str | None = None
+    manual_dir: str | None
     # Translation pairs: False reads them in the order of the tfds name ("de-en": German to
     # English), True the other way round.
-    reverse_translation: bool = False
+    reverse_translation: bool
 
     # Synthetic tasks: symbols per string (or the base of the addition), the length range of
     # a training string (or of an addend, in digits), the example counts and the seed.
-    synthetic_num_symbols: int = 10
-    synthetic_min_length: int = 4
-    synthetic_max_length: int = 12
-    num_train_examples: int = 50_000
-    num_eval_examples: int = 1_000  # in each of validation, test and test_long
-    data_seed: int = 0
+    synthetic_num_symbols: int
+    synthetic_min_length: int
+    synthetic_max_length: int
+    num_train_examples: int
+    num_eval_examples: int  # in each of validation, test and test_long
+    data_seed: int
 
     # Local files. "tsv", "text" and "classification" read `train_file` and, if set,
     # `eval_file`; "aligned" reads `source_file`/`target_file` and, if set,
     # `eval_source_file`/`eval_target_file`.
-    train_file: str | None = None
-    eval_file: str | None = None
-    source_file: str | None = None
-    target_file: str | None = None
-    eval_source_file: str | None = None
-    eval_target_file: str | None = None
+    train_file: str | None
+    eval_file: str | None
+    source_file: str | None
+    target_file: str | None
+    eval_source_file: str | None
+    eval_target_file: str | None
 
     # Tokenizer: "byte" (UTF-8 bytes, nothing to train) or "sentencepiece" (trained on the
     # training split, at most `vocab_size` pieces, from at most this many characters).
-    tokenizer: str = "byte"
-    vocab_size: int = 8_000
-    sentencepiece_max_corpus_chars: int = 10_000_000
+    tokenizer: str
+    vocab_size: int
+    sentencepiece_max_corpus_chars: int
 
     # Shapes. Lengths count tokens including the final EOS. Training rows are packed with
     # several examples when `pack_examples`; evaluation rows always hold one example.
-    max_source_length: int = 32
-    max_target_length: int = 32
-    per_device_batch_size: int = 32
-    per_device_eval_batch_size: int | None = None  # None: per_device_batch_size
-    pack_examples: bool = True
-    # Examples longer than the limits are dropped ("filter") or cut ("truncate", keeping the
-    # final EOS). Either way they are counted and reported.
-    overlong: str = "filter"
+    max_source_length: int
+    max_target_length: int
+    per_device_batch_size: int
+    per_device_eval_batch_size: int | None  # None: per_device_batch_size
+    pack_examples: bool
+    # Training examples longer than the limits are dropped ("filter") or cut ("truncate",
+    # keeping the final EOS). Either way they are counted and reported. Evaluation keeps every
+    # example whatever this says: over-long ones are cut, and BLEU scores the full reference.
+    overlong: str
+    # A malformed line in a local file (not UTF-8, or a TSV line without exactly one TAB):
+    # False skips it and reports the first few as file:line; True makes it a `DataError`.
+    strict_data: bool
 
     # Reading: the shuffle seed, and the number of grain worker processes (0: tokenise in
     # threads of the training process).
-    seed: int = 0
-    grain_worker_count: int = 0
+    seed: int
+    grain_worker_count: int
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> DataOptions:
-        """Reads the data fields of `config`, taking defaults for the ones it lacks."""
-        values = {
-            field.name: config.get(field.name, field.default) for field in dataclasses.fields(cls)
-        }
-        options = cls(**values)
+        """Reads the data fields of `config`; a missing field is a `DataError` naming it."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        for name in names:
+            if name not in config:
+                raise DataError(
+                    f"config has no field {name!r}: build the config from configs/default.py "
+                    "(`default.get_config()`), which sets every data field."
+                )
+        options = cls(**{name: config[name] for name in names})
         options.check()
         return options
 
@@ -130,6 +138,9 @@ class DataOptions:
         for name in ("data_seed", "seed", "grain_worker_count"):
             if self._int(name) < 0:
                 self._fail(name, "must be a non-negative integer")
+        for name in ("download", "reverse_translation", "pack_examples", "strict_data"):
+            if not isinstance(getattr(self, name), bool):
+                self._fail(name, "must be True or False")
 
     def _int(self, name: str) -> int:
         value = getattr(self, name)
@@ -139,8 +150,3 @@ class DataOptions:
 
     def _fail(self, name: str, problem: str) -> None:
         raise DataError(f"config.{name}={getattr(self, name)!r} {problem}.")
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The data fields and their defaults, for `config.update(default_config())`."""
-    return ml_collections.ConfigDict(dataclasses.asdict(DataOptions()))

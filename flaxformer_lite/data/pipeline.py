@@ -9,7 +9,10 @@ Training (`train_dataset`), for this host:
 
 Evaluation (`eval_dataset`): every example of a split, tokenised once, in order, one per row,
 shared out among the hosts; all-zero rows complete the last batch, so every example is scored
-exactly once and every host runs the same number of steps.
+exactly once and every host runs the same number of steps. The training length policy does not
+apply: no example is dropped, an over-long one is cut to the limits (the source the model
+reads, the target of the teacher-forced loss), and generated text is scored against the
+untouched reference text (`encode_eval_split`).
 
 A batch is a dict of int32 arrays, each of shape [num_local_devices, per_device_batch, length]:
 
@@ -35,12 +38,19 @@ import numpy as np
 from flaxformer_lite.data.options import DataOptions
 from flaxformer_lite.data.splits import READ_BLOCK_SIZE, TextSplit
 from flaxformer_lite.data.tokenizers import Tokenizer
-from flaxformer_lite.special_tokens import EOS_ID
+from flaxformer_lite.special_tokens import EOS_ID, PAD_ID
 
 Example = dict[str, np.ndarray]  # {"inputs": [n] int32, "targets": [m] int32}, each ending in EOS.
 FEATURES = ("inputs", "targets")
 T = TypeVar("T")
 EMPTY_EXAMPLE: Example = {key: np.zeros(0, np.int32) for key in FEATURES}  # Pads to a zero row.
+EVALUATION_POLICY = "evaluate every example"  # A `LengthReport.policy` beside filter/truncate.
+POLICY_OUTCOMES = {
+    "filter": "dropped",
+    "truncate": "truncated",
+    EVALUATION_POLICY: "cut for the model and the eval loss; BLEU and exact match score the "
+    "full reference",
+}
 # One thread reads and tokenises the next blocks while the training step runs.
 READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
 
@@ -52,15 +62,15 @@ class LengthReport:
     split: str
     examples: int  # Examples in the split (for train: in this host's shard).
     overlong: int  # Of those, how many had a source or a target over the limit.
-    policy: str  # "filter" (they were dropped) or "truncate" (they were cut).
+    policy: str  # "filter" (dropped), "truncate" (cut) or EVALUATION_POLICY.
 
     @property
     def kept(self) -> int:
         return self.examples - self.overlong if self.policy == "filter" else self.examples
 
     def __str__(self) -> str:
-        done = "dropped" if self.policy == "filter" else "truncated"
-        return f"{self.split}: {self.examples} examples, {self.overlong} over-long ({done})"
+        outcome = POLICY_OUTCOMES[self.policy]
+        return f"{self.split}: {self.examples} examples, {self.overlong} over-long ({outcome})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,17 +204,22 @@ def train_dataset(
     return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=2)
 
 
-def encode_split(
+def encode_eval_split(
     split_name: str, split: TextSplit, tokenizer: Tokenizer, options: DataOptions
-) -> tuple[list[Example], LengthReport]:
-    """All examples of a split, tokenised, after the length policy; and their report."""
+) -> tuple[list[Example], list[str], LengthReport]:
+    """Every example of an evaluation split, cut to the limits; its reference texts; its report.
+
+    Whatever `options.overlong` says for training, evaluation keeps every example, so corpus
+    BLEU covers the whole split. Cutting changes only what the model reads (and the target of
+    the teacher-forced loss); the references are the split's target text, untouched.
+    """
     lengths = max_lengths(options)
-    encoded = [encode(tokenizer, pair) for pair in split.pairs()]
+    pairs = list(split.pairs())
+    encoded = [encode(tokenizer, pair) for pair in pairs]
     overlong = sum(is_overlong(lengths, example) for example in encoded)
-    report = LengthReport(split_name, len(encoded), overlong, options.overlong)
-    if options.overlong == "filter":
-        return [example for example in encoded if fits(lengths, example)], report
-    return [truncate(lengths, example) for example in encoded], report
+    report = LengthReport(split_name, len(encoded), overlong, EVALUATION_POLICY)
+    references = [target for _, target in pairs]
+    return [truncate(lengths, example) for example in encoded], references, report
 
 
 def scan_lengths(
@@ -229,3 +244,8 @@ def eval_dataset(
     shard = grain.MapDataset.source(host_shard(examples + padding, layout))
     batches = shard.map(functools.partial(pad, max_lengths(options))).batch(rows)
     return batches.map(functools.partial(split_devices, layout.num_devices))
+
+
+def real_tokens(batch: dict[str, np.ndarray]) -> tuple[int, int]:
+    """The (source, target) tokens of a batch that are not padding: what a step learns from."""
+    return int(np.sum(batch["inputs"] != PAD_ID)), int(np.sum(batch["targets"] != PAD_ID))

@@ -3,19 +3,30 @@
 import ml_collections
 import pytest
 
-from flaxformer_lite.data import create_datasets, default_config
+from configs import default
+from flaxformer_lite.data import DataOptions, create_datasets
 
 SMALL = dict(num_train_examples=300, num_eval_examples=50, per_device_batch_size=4)
 
 
 def small_config(**overrides) -> ml_collections.ConfigDict:
-    """The data defaults, shrunk to a few hundred examples, with `overrides` applied."""
-    return ml_collections.ConfigDict({**default_config().to_dict(), **SMALL, **overrides})
+    """The experiment defaults, shrunk to a few hundred examples, with `overrides` applied."""
+    return ml_collections.ConfigDict({**default.get_config().to_dict(), **SMALL, **overrides})
+
+
+def small_options(**overrides) -> DataOptions:
+    """The `DataOptions` of `small_config(**overrides)`."""
+    return DataOptions.from_config(small_config(**overrides))
 
 
 @pytest.fixture
 def make_config():
     return small_config
+
+
+@pytest.fixture
+def make_options():
+    return small_options
 
 
 @pytest.fixture(scope="session")

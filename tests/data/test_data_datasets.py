@@ -30,10 +30,16 @@ def check_sequences(batch, length: int):
 
 
 def test_batches_follow_the_trainer_contract(reverse_workdir, make_config):
-    config = make_config(per_device_batch_size=3, per_device_eval_batch_size=5)
+    config = make_config(
+        per_device_batch_size=3,
+        per_device_eval_batch_size=5,
+        max_source_length=32,
+        max_target_length=32,
+    )
     data = create_datasets(config, reverse_workdir, num_local_devices=2)
     assert data.tokenizer.vocab_size == 260
     batch = next(data.train_iter)
+    first_batch_tokens = pipeline.real_tokens(batch)  # The info line peeked at this batch.
     assert set(batch) == KEYS
     for value in batch.values():
         assert value.dtype == np.int32 and value.shape == (2, 3, 32)
@@ -52,14 +58,17 @@ def test_batches_follow_the_trainer_contract(reverse_workdir, make_config):
         list(data.eval_batches("test"))[0]["inputs"].tolist() == eval_batches[0]["inputs"].tolist()
     )
     assert "reverse: 10 symbols, lengths 4..12" in data.info
-    assert "test_long: 50 examples, 0 over-long (dropped)" in data.info
+    assert "test_long: 50 examples, 0 over-long (cut for the model" in data.info
+    source_tokens, target_tokens = first_batch_tokens
+    assert f"source {source_tokens:,} of {2 * 3 * 32:,} slots" in data.info
+    assert f"target {target_tokens:,} of {2 * 3 * 32:,}" in data.info
 
 
 def test_length_generalisation_split_is_longer_and_counted(reverse_workdir, make_config):
     data = create_datasets(make_config(max_source_length=14), reverse_workdir, 1)
     report = data.length_reports["test_long"]
     assert report.examples == 50 and 0 < report.overlong < 50  # 13..24 symbols + EOS.
-    assert data.num_eval_examples("test_long") == report.kept
+    assert data.num_eval_examples("test_long") == report.kept == 50  # Evaluation drops none.
     assert data.length_reports["train"].overlong == 0
 
 

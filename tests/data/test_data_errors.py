@@ -74,7 +74,8 @@ def test_failed_preparation_leaves_nothing_and_is_redone(tmp_path, make_config, 
 
 KILLED_PREPARATION = """
 import sys, time
-from flaxformer_lite.data import create_datasets, default_config, synthetic
+from configs import default
+from flaxformer_lite.data import create_datasets, synthetic
 real_generate = synthetic.SyntheticTask._generate_examples
 def hang_midway(self, examples):
     for count, example in enumerate(real_generate(self, examples)):
@@ -83,7 +84,7 @@ def hang_midway(self, examples):
             time.sleep(600)
         yield example
 synthetic.SyntheticTask._generate_examples = hang_midway
-config = default_config()
+config = default.get_config()
 config.update(dataset="copy", num_train_examples=300, num_eval_examples=50)
 create_datasets(config, sys.argv[1], 1)
 """

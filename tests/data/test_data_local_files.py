@@ -54,7 +54,9 @@ def test_aligned_files_pair_line_by_line(tmp_path, make_config):
 def test_plain_text_becomes_targets_with_empty_sources(tmp_path, make_config):
     text = write(tmp_path / "lm.txt", "To be, or not to be\n\nthat is the question\n")
     data = create_datasets(
-        make_config(dataset="text", train_file=text, eval_file=text), str(tmp_path), 1
+        make_config(dataset="text", train_file=text, eval_file=text, max_target_length=32),
+        str(tmp_path),
+        1,
     )
     assert decoded_eval(data) == [("", "To be, or not to be"), ("", "that is the question")]
 
@@ -75,7 +77,7 @@ def test_prepared_files_are_reused_until_they_change(tmp_path, make_config, monk
     def must_not_read(*args):
         raise AssertionError("the prepared dataset was not reused")
 
-    monkeypatch.setattr(local_files, "read_pairs", must_not_read)
+    monkeypatch.setattr(local_files.LocalFiles, "_generate_examples", must_not_read)
     create_datasets(config, str(tmp_path), 1)  # Reads the cache, not the file.
     monkeypatch.undo()
     write(tmp_path / "train.tsv", "a\tb\nc\td\ne\tf\n")
@@ -87,17 +89,70 @@ def test_prepared_files_are_reused_until_they_change(tmp_path, make_config, monk
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"fine\tline\nno tab here\n", r"train\.tsv, line 2: found 0 TABs"),
-        (b"one\ttoo\tmany\n", r"train\.tsv, line 1: found 2 TABs"),
-        (b"ok\tok\n\xff\xfebad\tbytes\n", r"train\.tsv, line 2, byte 1: b'\\xff' is not UTF-8"),
-        (b"\n\n  \n", r"train\.tsv: only blank lines"),
+        (b"fine\tline\nno tab here\n", r"train\.tsv:2: found 0 TABs"),
+        (b"one\ttoo\tmany\n", r"train\.tsv:1: found 2 TABs"),
+        (b"ok\tok\n\xff\xfebad\tbytes\n", r"train\.tsv:2: byte 1 \(b'\\xff'\) is not UTF-8"),
     ],
 )
-def test_bad_lines_name_the_file_and_line(tmp_path, make_config, content, message):
+def test_strict_data_stops_on_a_malformed_line_naming_file_and_line(
+    tmp_path, make_config, content, message
+):
     train = write(tmp_path / "train.tsv", content)
-    with pytest.raises(DataError, match=message):
-        create_datasets(make_config(dataset="tsv", train_file=train), str(tmp_path), 1)
+    config = make_config(dataset="tsv", train_file=train, strict_data=True)
+    with pytest.raises(DataError, match=message + r".*config\.strict_data=False"):
+        create_datasets(config, str(tmp_path), 1)
     assert not list((tmp_path / "data" / "local_files").glob("*/*/*.array_record*"))
+
+
+def test_only_blank_lines_is_an_error(tmp_path, make_config):
+    train = write(tmp_path / "train.tsv", b"\n\n  \n")
+    with pytest.raises(DataError, match=r"train\.tsv: only blank lines"):
+        create_datasets(make_config(dataset="tsv", train_file=train), str(tmp_path), 1)
+
+
+def test_malformed_lines_are_skipped_counted_and_named(tmp_path, make_config):
+    lines = [b"a\tb", b"no tab", b"c\td", b"x\ty\tz", b"\xffbad\tbytes", b"e\tf"]
+    lines += [b"more\ttabs\there"] * 4 + [b"g\th"]
+    train = write(tmp_path / "train.tsv", b"\n".join(lines) + b"\n")
+    data = create_datasets(
+        make_config(dataset="tsv", train_file=train, eval_file=train), str(tmp_path), 1
+    )
+    # Never mis-split: only the lines with exactly one TAB become examples, in order.
+    assert decoded_eval(data) == [("a", "b"), ("c", "d"), ("e", "f"), ("g", "h")]
+    assert data.length_reports["train"].examples == 4
+    data_line = data.info.splitlines()[0]
+    # Train and eval read the same file: 7 malformed lines each, the first 5 named.
+    assert "skipped 14 malformed lines (" in data_line and "9 more" in data_line
+    for where in ("train.tsv:2: found 0 TABs", "train.tsv:4: found 2 TABs", "train.tsv:5: byte 1"):
+        assert where in data_line
+    assert "config.strict_data=True" in data_line
+
+
+def test_classification_files_skip_malformed_lines_too(tmp_path, make_config):
+    tsv = write(tmp_path / "reviews.tsv", "great\tpos\nno label\nbad\tneg\tpos\nawful\tneg\n")
+    data = create_datasets(
+        make_config(dataset="classification", train_file=tsv, eval_file=tsv), str(tmp_path), 1
+    )
+    assert decoded_eval(data) == [("great", "pos"), ("awful", "neg")]
+    assert "reviews.tsv:2: found 0 TABs" in data.info
+
+
+def test_aligned_files_drop_a_malformed_pair_and_stay_aligned(tmp_path, make_config):
+    source = write(tmp_path / "s.txt", b"eins\n\xffzwei\ndrei\n")
+    target = write(tmp_path / "t.txt", b"one\ntwo\nthree\n")
+    config = make_config(
+        dataset="aligned",
+        source_file=source,
+        target_file=target,
+        eval_source_file=source,
+        eval_target_file=target,
+    )
+    data = create_datasets(config, str(tmp_path), 1)
+    assert decoded_eval(data) == [("eins", "one"), ("drei", "three")]
+    assert "s.txt:2 / " in data.info and "t.txt:2: byte 1" in data.info
+    config.strict_data = True
+    with pytest.raises(DataError, match=r"s\.txt:2 / .*t\.txt:2: byte 1"):
+        create_datasets(config, str(tmp_path), 1)
 
 
 def test_missing_and_empty_files_name_the_option(tmp_path, make_config):
@@ -118,7 +173,7 @@ def test_missing_and_empty_files_name_the_option(tmp_path, make_config):
 def test_aligned_files_of_different_lengths_name_the_longer_file(tmp_path, make_config):
     source = write(tmp_path / "s.txt", "a\nb\nc\n")
     target = write(tmp_path / "t.txt", "x\ny\n")
-    with pytest.raises(DataError, match=r"s\.txt, line 3: no matching line"):
+    with pytest.raises(DataError, match=r"s\.txt:3: no matching line"):
         create_datasets(
             make_config(dataset="aligned", source_file=source, target_file=target),
             str(tmp_path),

@@ -3,9 +3,11 @@
 import collections
 import dataclasses
 
+import ml_collections
 import numpy as np
 import pytest
 
+from configs import default
 from flaxformer_lite.data import ByteTokenizer, DataOptions, pipeline
 from flaxformer_lite.data.pipeline import HostLayout
 from flaxformer_lite.data.splits import TextSplit
@@ -31,7 +33,11 @@ def reverse_split(count: int = 2000, seed: int = 0, max_length: int = 12) -> Tex
 
 
 def options(**overrides) -> DataOptions:
-    return DataOptions(**{"max_source_length": 32, "max_target_length": 32, **overrides})
+    """The experiment defaults with room for 32 tokens, 32 rows per device, and `overrides`."""
+    sizes = dict(max_source_length=32, max_target_length=32, per_device_batch_size=32)
+    sizes["per_device_eval_batch_size"] = None
+    config = ml_collections.ConfigDict({**default.get_config().to_dict(), **sizes, **overrides})
+    return DataOptions.from_config(config)
 
 
 def take(split, opts, layout, count):
@@ -111,18 +117,17 @@ def test_unpacked_rows_hold_one_example_each():
         assert len(segments(row)) == 1
 
 
-def test_overlong_examples_are_dropped_or_cut_and_counted():
+def test_evaluation_keeps_every_example_cuts_overlong_ones_and_keeps_full_references():
     split = TextSplit(["a" * 3, "b" * 9, "c" * 5], lambda s: (s, s))  # 4, 10, 6 tokens with EOS
-    kept, report = pipeline.encode_split("test", split, TOKENIZER, options(max_source_length=6))
-    assert (report.examples, report.overlong, report.kept) == (3, 1, 2)
-    assert [TOKENIZER.decode(e["inputs"]) for e in kept] == ["aaa", "ccccc"]
-    cut, report = pipeline.encode_split(
-        "test", split, TOKENIZER, options(max_source_length=6, overlong="truncate")
-    )
-    assert (report.examples, report.overlong, report.kept) == (3, 1, 3)
-    assert [len(e["inputs"]) for e in cut] == [4, 6, 6]
-    assert cut[1]["inputs"][-1] == EOS_ID and TOKENIZER.decode(cut[1]["inputs"]) == "bbbbb"
-    assert len(cut[1]["targets"]) == 10  # The target limit (32) was not exceeded.
+    for policy in ("filter", "truncate"):  # The training policy does not apply here.
+        kept, references, report = pipeline.encode_eval_split(
+            "test", split, TOKENIZER, options(max_source_length=6, overlong=policy)
+        )
+        assert (report.examples, report.overlong, report.kept) == (3, 1, 3)
+        assert [len(e["inputs"]) for e in kept] == [4, 6, 6]
+        assert kept[1]["inputs"][-1] == EOS_ID and TOKENIZER.decode(kept[1]["inputs"]) == "bbbbb"
+        assert len(kept[1]["targets"]) == 10  # The target limit (32) was not exceeded.
+        assert references == ["aaa", "bbbbbbbbb", "ccccc"]
 
 
 def test_training_stream_never_holds_overlong_examples():
@@ -168,7 +173,7 @@ def test_restored_state_gives_the_same_next_batches(pack):
 def test_eval_batches_hold_every_example_exactly_once(num_devices, per_device, hosts):
     split = reverse_split(101)
     opts = options(per_device_eval_batch_size=per_device)
-    examples, report = pipeline.encode_split("validation", split, TOKENIZER, opts)
+    examples, _, report = pipeline.encode_eval_split("validation", split, TOKENIZER, opts)
     assert report.examples == 101
     seen, batch_counts = [], []
     for host in range(hosts):

@@ -1,18 +1,24 @@
 """The synthetic tasks: right answers, deterministic per seed, held-out splits kept apart."""
 
+import ml_collections
 import pytest
 import tensorflow_datasets as tfds
 
+from configs import default
 from flaxformer_lite.data import DataError, DataOptions, synthetic
 
 ALPHABET = synthetic.ALPHABET
 
 
+def data_options(**overrides) -> DataOptions:
+    """The experiment defaults with `overrides`, as the data pipeline reads them."""
+    config = ml_collections.ConfigDict({**default.get_config().to_dict(), **overrides})
+    return DataOptions.from_config(config)
+
+
 def splits_for(**options) -> dict[str, list[tuple[str, str]]]:
-    defaults = dict(num_train_examples=2000, num_eval_examples=200)
-    return synthetic.generate_splits(
-        synthetic.builder_config(DataOptions(**{**defaults, **options}))
-    )
+    counts = dict(num_train_examples=2000, num_eval_examples=200)
+    return synthetic.generate_splits(synthetic.builder_config(data_options(**counts, **options)))
 
 
 @pytest.mark.parametrize("task", synthetic.TASKS)
@@ -73,7 +79,7 @@ def test_too_few_distinct_inputs_is_an_error():
 
 
 def test_prepared_dataset_holds_the_generated_examples(tmp_path):
-    options = DataOptions(dataset="sort", num_train_examples=100, num_eval_examples=20)
+    options = data_options(dataset="sort", num_train_examples=100, num_eval_examples=20)
     config = synthetic.builder_config(options)
     sources = tfds.data_source(
         "synthetic_task",
