@@ -39,6 +39,7 @@ VARIANTS = {
         norm_placement="post", position_encoding="learned", scan_layers=True
     ),
     "bfloat16": TINY.replace(dtype="bfloat16"),
+    "local_window": TINY.replace(local_window=2),
 }
 # A padded batch: sources and targets of different lengths.
 INPUTS = jnp.array([[5, 6, 7, EOS_ID, 0, 0], [8, 9, 10, 11, 12, EOS_ID], [13, 14, EOS_ID, 0, 0, 0]])
@@ -69,7 +70,7 @@ def forward(model, params, inputs, targets):
 @functools.cache
 def tiny(variant):
     model = Transformer(VARIANTS[variant])
-    if variant == "bfloat16":  # bfloat16 activations, the same float32 weights
+    if variant in ("bfloat16", "local_window"):  # the same weights, used differently
         return model, tiny("pre_sinusoidal")[1]
     return model, init_params(model, INPUTS, TARGETS, 0)
 
@@ -98,12 +99,14 @@ def cached_logits(model, params, inputs, targets, prefix):
 @pytest.mark.parametrize(
     "variant, prefix, start_index, atol",
     [
-        pytest.param("pre_sinusoidal", ALL_PAD_PREFIX, 0, 2e-5, id="pre-no_prefix"),
-        pytest.param("pre_sinusoidal", EQUAL_PREFIX, 3, 2e-5, id="pre-prefix"),
-        pytest.param("pre_sinusoidal", RAGGED_PREFIX, 1, 2e-5, id="pre-ragged_prefix"),
-        pytest.param("post_learned_scanned", ALL_PAD_PREFIX, 0, 2e-5, id="post-no_prefix"),
-        pytest.param("post_learned_scanned", EQUAL_PREFIX, 3, 2e-5, id="post-prefix"),
-        pytest.param("post_learned_scanned", RAGGED_PREFIX, 1, 2e-5, id="post-ragged_prefix"),
+        pytest.param("pre_sinusoidal", ALL_PAD_PREFIX, 0, 1e-5, id="pre-no_prefix"),
+        pytest.param("pre_sinusoidal", EQUAL_PREFIX, 3, 1e-5, id="pre-prefix"),
+        pytest.param("pre_sinusoidal", RAGGED_PREFIX, 1, 1e-5, id="pre-ragged_prefix"),
+        pytest.param("post_learned_scanned", ALL_PAD_PREFIX, 0, 1e-5, id="post-no_prefix"),
+        pytest.param("post_learned_scanned", EQUAL_PREFIX, 3, 1e-5, id="post-prefix"),
+        pytest.param("post_learned_scanned", RAGGED_PREFIX, 1, 1e-5, id="post-ragged_prefix"),
+        pytest.param("local_window", NO_PREFIX, 0, 1e-5, id="local_window-no_prefix"),
+        pytest.param("local_window", RAGGED_PREFIX, 1, 1e-5, id="local_window-ragged_prefix"),
         pytest.param("bfloat16", NO_PREFIX, 0, 0.1, id="bf16-no_prefix"),
         pytest.param("bfloat16", RAGGED_PREFIX, 1, 0.1, id="bf16-ragged_prefix"),
     ],
@@ -170,6 +173,8 @@ def test_beam_search_output_keeps_the_prefix_and_pads_after_eos():
 
 def test_decode_batch_rejects_a_prefix_without_room_and_sampling_without_a_key():
     model, params = tiny("pre_sinusoidal")
+    with pytest.raises(ValueError, match="max_decode_len=17 exceeds the model's max_len=16"):
+        decode_batch(model, params, INPUTS, max_decode_len=17)
     with pytest.raises(ValueError, match="no room"):
         decode_batch(model, params, INPUTS, max_decode_len=3, prefix=EQUAL_PREFIX)
     with pytest.raises(ValueError, match="rng"):
