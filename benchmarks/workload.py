@@ -8,6 +8,10 @@ It is the workload of the PyTorch peer (`shared/bench/peer_torch.py`, an
     residual branches, the FFN hidden layer and the attention weights,
     source and target length 64, batch 32, label smoothing 0.1, Adam.
 
+The model turns on `matmul_backward="cpu_row_major"`, the dense layers' custom
+backward tuned for XLA:CPU (off by default in the library because jax.jvp cannot
+pass through it; what it does and what it gains: NOTES.md).
+
 Batches are random ids in [1, vocab), as the peer draws them: no padding, so
 every one of the 32 x 64 target positions is a real token. The step is the
 trainer's own `train_step` (with its optimizer: global-norm clipping then
@@ -48,6 +52,7 @@ def model_config(**changes) -> TransformerConfig:
         activation="relu",
         position_encoding="learned",
         tie_output_embedding=False,
+        matmul_backward="cpu_row_major",  # the CPU-tuned weight gradients (NOTES.md)
     )
     return config.replace(**changes)
 
