@@ -228,6 +228,18 @@ def test_dropout_masks_differ_across_steps_devices_and_scanned_layers(tiny_state
     assert len(masks) == 2 * 4 * (2 * 7 + 2)
     assert len(set(masks)) == len(masks), "some dropout masks repeat"
 
+    # The layers of one scan, seen from a plain forward pass: each layer its own masks.
+    masks.clear()
+    scanned.apply(
+        {"params": params},
+        batch["inputs"],
+        batch["targets"],
+        deterministic=False,
+        rngs={"dropout": jax.random.key(1)},
+    )
+    jax.effects_barrier()
+    assert len(masks) >= 2 * 7 and len(set(masks)) == len(masks), "scanned layers share masks"
+
 
 def test_train_step_normalises_by_the_real_tokens_pad_id_names(tiny_state, monkeypatch):
     """With PAD_ID moved to 5, the loss is the mean over tokens that are not 5."""
