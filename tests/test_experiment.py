@@ -9,8 +9,9 @@ import sacrebleu
 from tiny_training import TINY_TRAINING
 
 from configs import default
+from flaxformer_lite.data import create_datasets
 from flaxformer_lite.experiment import ConfigError, check_config, model_config_from
-from flaxformer_lite.training.trainer import train_and_evaluate
+from flaxformer_lite.training.trainer import decode_split, generation_metrics, train_and_evaluate
 from flaxformer_lite.translate import Translator
 
 CONFIG_FILES = sorted(p.stem for p in pathlib.Path(default.__file__).parent.glob("[!_]*.py"))
@@ -105,3 +106,27 @@ def test_bleu_is_sacrebleu_on_every_raw_reference(tmp_path):
     assert final["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
     matches = sum(h == r for h, r in zip(hypotheses, references, strict=True))
     assert final["exact_match"] == pytest.approx(matches / len(references))
+
+
+def test_bleu_scores_every_example_against_its_whole_reference(tmp_path):
+    """A model that copies its (cut) source, on a copy task: BLEU falls short of 100 by
+    exactly the over-long lines, as sacrebleu on the raw file says."""
+    lines = ["a b", "c d e", "f g", "one two three four five six", "h i", "x y z w v u t s"]
+    data_file = tmp_path / "copy.tsv"
+    data_file.write_text("".join(f"{line}\t{line}\n" for line in lines))
+    config = config_with(dataset="tsv", train_file=str(data_file), eval_file=str(data_file))
+    config.update(max_source_length=8, max_target_length=8, eval_bleu=True, overlong="filter")
+    datasets = create_datasets(config, str(tmp_path), num_local_devices=1)
+
+    def copy_source(params, inputs):  # (devices, B, S) -> the same ids, as a "model" would
+        del params
+        return inputs
+
+    _, predictions, _ = decode_split(copy_source, None, datasets)
+    metrics = generation_metrics(
+        config, datasets.tokenizer, predictions, datasets.reference_texts()
+    )
+    read_by_the_model = [line[: config.max_source_length - 1] for line in lines]  # EOS last
+    expected = sacrebleu.corpus_bleu(read_by_the_model, [lines]).score
+    assert metrics["bleu"] == pytest.approx(expected) and expected < 100
+    assert metrics["exact_match"] == pytest.approx(4 / 6)
