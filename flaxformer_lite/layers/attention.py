@@ -85,6 +85,11 @@ def choose_implementation(implementation: str, query: jnp.ndarray, *, needs_weig
             f"attention_implementation='cudnn' needs a GPU, but JAX runs on "
             f"{jax.default_backend()!r}: use 'auto' or 'xla'."
         )
+    if implementation == "cudnn" and query.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(
+            f"attention_implementation='cudnn' needs bfloat16 or float16 inputs, not "
+            f"{query.dtype}: set dtype='bfloat16', or use 'auto' or 'xla'."
+        )
     if implementation == "explicit" or needs_weights:
         return "explicit"
     if implementation != "auto":

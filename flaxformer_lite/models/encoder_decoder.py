@@ -35,7 +35,7 @@ class EncoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask):
-        """x (B, S, D), mask (B, 1, S, S) -> ((B, S, D), None)."""
+        """x (B, S, D), mask an AttentionMask over (B, 1, S, S) -> ((B, S, D), None)."""
         cfg, deterministic = self.config, self.deterministic
         pre_norm, post_norm = cfg.norm_placement == "pre", cfg.norm_placement == "post"
 
@@ -61,17 +61,23 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Masked self-attention, cross-attention over the encoder output, feed-forward:
-    three residual blocks, in the norm placement of EncoderLayer."""
+    three residual blocks, in the norm placement of EncoderLayer.
+
+    Without cross-attention (`has_cross_attention=False`) it is the block of a
+    decoder-only language model (GPT): masked self-attention, then feed-forward.
+    """
 
     config: TransformerConfig
     deterministic: bool = True
     decode: bool = False
+    has_cross_attention: bool = True
 
     @nn.compact
     def __call__(self, x, mask, encoded, cross_mask, cache_index):
         """x (B, T, D); encoded (B, S, D), or None on decode steps after the prefill.
 
-        mask (B, 1, T, T), cross_mask (B, 1, T, S) -> ((B, T, D), None).
+        mask and cross_mask are AttentionMasks over (B, 1, T, T) and (B, 1, T, S) (mask is
+        None in decode mode: attention builds it over the cache) -> ((B, T, D), None).
         """
         cfg, deterministic, decode = self.config, self.deterministic, self.decode
         pre_norm, post_norm = cfg.norm_placement == "pre", cfg.norm_placement == "post"
@@ -90,19 +96,20 @@ class DecoderLayer(nn.Module):
         if post_norm:
             x = layer_norm(cfg, "post_self_attention_norm")(x)
 
-        residual = x
-        if pre_norm:
-            x = layer_norm(cfg, "pre_cross_attention_norm")(x)
-        x = MultiHeadAttention(
-            cfg,
-            is_self_attention=False,
-            deterministic=deterministic,
-            decode=decode,
-            name="cross_attention",
-        )(x, encoded, mask=cross_mask)
-        x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-        if post_norm:
-            x = layer_norm(cfg, "post_cross_attention_norm")(x)
+        if self.has_cross_attention:
+            residual = x
+            if pre_norm:
+                x = layer_norm(cfg, "pre_cross_attention_norm")(x)
+            x = MultiHeadAttention(
+                cfg,
+                is_self_attention=False,
+                deterministic=deterministic,
+                decode=decode,
+                name="cross_attention",
+            )(x, encoded, mask=cross_mask)
+            x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+            if post_norm:
+                x = layer_norm(cfg, "post_cross_attention_norm")(x)
 
         residual = x
         if pre_norm:
@@ -184,6 +191,7 @@ class Decoder(nn.Module):
 
     config: TransformerConfig
     token_embedding: TokenEmbedding
+    has_cross_attention: bool = True
 
     @nn.compact
     def __call__(
@@ -200,39 +208,25 @@ class Decoder(nn.Module):
     ):
         cfg = self.config
         length = decoder_inputs.shape[1]
+        packed = inputs_segmentation is not None or targets_segmentation is not None
         if decode:
             allocated = self.has_variable("cache", "cache_index")
             index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
             cache_index = index.value
             positions = cache_index + jnp.broadcast_to(jnp.arange(length), decoder_inputs.shape)
             self_mask = None  # Causal (and local) structure over the cache is built in attention.
-            cross_mask = masks_lib.AttentionMask(
-                dense=masks_lib.key_padding_mask(inputs),  # (B, 1, 1, S)
-                key_value_lengths=masks_lib.real_lengths(inputs),
-            )
-        elif (
-            inputs_segmentation is None
-            and targets_segmentation is None
-            and cfg.local_window is None
-        ):
-            cache_index, positions = None, targets_position
-            self_mask = masks_lib.right_padded_mask(decoder_inputs, decoder_inputs, is_causal=True)
-            cross_mask = masks_lib.right_padded_mask(decoder_inputs, inputs)
         else:
             cache_index, positions = None, targets_position
-            self_mask = masks_lib.AttentionMask(
-                dense=masks_lib.combine_masks(
-                    masks_lib.causal_mask(length),
-                    masks_lib.padding_mask(decoder_inputs, decoder_inputs),
-                    _segment_mask(targets_segmentation, targets_segmentation),
-                    _local_window(cfg, length),
-                )
-            )
-            cross_mask = masks_lib.AttentionMask(
-                dense=masks_lib.combine_masks(
-                    masks_lib.padding_mask(decoder_inputs, inputs),
-                    _segment_mask(targets_segmentation, inputs_segmentation),
-                )
+            self_mask = _causal_self_mask(cfg, decoder_inputs, targets_segmentation)
+        cross_mask = None
+        if self.has_cross_attention:
+            cross_mask = _cross_mask(
+                decoder_inputs,
+                inputs,
+                targets_segmentation,
+                inputs_segmentation,
+                decode=decode,
+                packed=packed,
             )
         x = Embedder(cfg, self.token_embedding, name="embedder")(
             decoder_inputs, positions, deterministic=deterministic
@@ -245,6 +239,7 @@ class Decoder(nn.Module):
             cache_index,
             deterministic=deterministic,
             decode=decode,
+            has_cross_attention=self.has_cross_attention,
         )
         x = FinalNorm(cfg, name="final")(x)
         if decode and allocated:
@@ -367,3 +362,37 @@ def _local_window(config, length):
     if config.local_window is None:
         return None
     return masks_lib.local_window_mask(length, length, config.local_window)
+
+
+def _causal_self_mask(config, decoder_inputs, segmentation):
+    """Causal self-attention over right-padded rows, or over packed / windowed rows."""
+    if segmentation is None and config.local_window is None:
+        return masks_lib.right_padded_mask(decoder_inputs, decoder_inputs, is_causal=True)
+    length = decoder_inputs.shape[1]
+    return masks_lib.AttentionMask(
+        dense=masks_lib.combine_masks(
+            masks_lib.causal_mask(length),
+            masks_lib.padding_mask(decoder_inputs, decoder_inputs),
+            _segment_mask(segmentation, segmentation),
+            _local_window(config, length),
+        )
+    )
+
+
+def _cross_mask(
+    decoder_inputs, inputs, targets_segmentation, inputs_segmentation, *, decode, packed
+):
+    """Target positions attend to the real source tokens of their own example."""
+    if decode:  # One source per row; the queries are the new target positions.
+        return masks_lib.AttentionMask(
+            dense=masks_lib.key_padding_mask(inputs),  # (B, 1, 1, S)
+            key_value_lengths=masks_lib.real_lengths(inputs),
+        )
+    if not packed:
+        return masks_lib.right_padded_mask(decoder_inputs, inputs)
+    return masks_lib.AttentionMask(
+        dense=masks_lib.combine_masks(
+            masks_lib.padding_mask(decoder_inputs, inputs),
+            _segment_mask(targets_segmentation, inputs_segmentation),
+        )
+    )
