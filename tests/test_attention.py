@@ -68,6 +68,21 @@ def mask_case(name, rng, batch=3, queries=5, keys=7):
 
 MASK_CASES = ["padding", "causal_padding", "packed", "local_window"]
 CPU_IMPLEMENTATIONS = ["explicit", "xla", "auto"]
+ON_GPU = jax.default_backend() == "gpu"
+NEEDS_GPU = pytest.mark.skipif(not ON_GPU, reason="cuDNN attention runs only on a GPU")
+
+
+@NEEDS_GPU
+@pytest.mark.parametrize("case", MASK_CASES)
+def test_cudnn_matches_float64_numpy_in_bfloat16(case):
+    rng = np.random.default_rng(MASK_CASES.index(case))
+    queries, keys = (5, 7) if case == "padding" else (5, 5)
+    query, key, value, _, _ = random_inputs(1, queries=queries, keys=keys, depth=64)
+    mask, truth = mask_case(case, rng, queries=queries, keys=keys)
+    expected, _ = numpy_attention(query, key, value, truth, np.zeros((1, 1, 1, 1)))
+    as_bf16 = [jnp.asarray(array, jnp.bfloat16) for array in (query, key, value)]
+    output, _ = dot_product_attention(*as_bf16, mask, implementation="cudnn")
+    np.testing.assert_allclose(np.asarray(output, np.float32), expected, atol=3e-2)
 
 
 @pytest.mark.parametrize("implementation", CPU_IMPLEMENTATIONS)
@@ -201,10 +216,7 @@ def test_attention_weights_are_sown_only_when_requested():
     assert weights.shape == (1, 2, 3, 3)
 
 
-ON_GPU = jax.default_backend() == "gpu"
-
-
-@pytest.mark.skipif(not ON_GPU, reason="cuDNN lowering needs a GPU (jax queries cuDNN to lower)")
+@NEEDS_GPU  # Lowering for a GPU target without one fails: jax asks the cuDNN library its version.
 @pytest.mark.parametrize("implementation", ["cudnn", "auto"])
 def test_cudnn_flash_attention_is_in_the_lowered_gpu_program(implementation):
     query = jnp.ones((2, 128, 4, 64), jnp.bfloat16)
