@@ -18,7 +18,9 @@ def data_options(**overrides) -> DataOptions:
 
 def splits_for(**options) -> dict[str, list[tuple[str, str]]]:
     counts = dict(num_train_examples=2000, num_eval_examples=200)
-    return synthetic.generate_splits(synthetic.builder_config(data_options(**counts, **options)))
+    return synthetic.generate_splits(
+        synthetic.builder_config(data_options(**{**counts, **options}))
+    )
 
 
 @pytest.mark.parametrize("task", synthetic.TASKS)
