@@ -16,6 +16,9 @@ from ml_collections.config_dict import placeholder
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
+    # The model family: encoder_decoder (the paper's Transformer) | decoder_only (a GPT).
+    config.model = "encoder_decoder"
+
     # Data: a synthetic task prepared by tensorflow-datasets, read through grain.
     config.dataset = "reverse"  # copy | reverse | sort | addition | tsv | a TFDS catalog name
     config.data_dir = placeholder(str)  # unset: <workdir>/data, or tfds' default for catalog

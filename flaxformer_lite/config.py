@@ -1,4 +1,8 @@
-"""`TransformerConfig`: every hyper-parameter of the model, validated once."""
+"""`TransformerConfig`: every hyper-parameter of the model, validated once.
+
+Also the two helpers every reader of a flat experiment config shares:
+`ConfigError`, and `required_field`, which names the field a config lacks.
+"""
 
 import dataclasses
 from typing import Any
@@ -125,3 +129,17 @@ class TransformerConfig:
 
     def replace(self, **changes) -> "TransformerConfig":
         return dataclasses.replace(self, **changes)
+
+
+class ConfigError(ValueError):
+    """An experiment config value that cannot work; the one-line message names field and fix."""
+
+
+def required_field(config, name: str):
+    """`config[name]` of a flat experiment config, or a ConfigError naming the missing field."""
+    if name not in config:
+        raise ConfigError(
+            f"config has no field {name!r}: build the config from configs/default.py "
+            "(`default.get_config()`), which sets every field."
+        )
+    return config[name]

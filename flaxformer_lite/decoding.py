@@ -10,7 +10,9 @@ that feeds one token per row at the next position and returns the logits for
 the position after it, and through a `DecodeStart`, the state after the
 prefill (the decoder's first call, which processes BOS and any forced prefix
 in one go). `prefill` and `make_tokens_to_logits` build both for the
-encoder-decoder `Transformer`; `decode_batch` puts everything together.
+encoder-decoder `Transformer`, and `decode_batch` puts everything together;
+`prefill_lm`, `make_lm_tokens_to_logits` and `generate` do the same for the
+decoder-only language model.
 
 Output token arrays (B, L) start at the first target token (BOS is not part
 of them), include any forced prefix, and end with EOS followed by PAD. A row
@@ -294,21 +296,12 @@ def pad_after_eos(tokens: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------
-# The encoder-decoder Transformer.
+# Starting and running a search, for any model whose decoder keeps its cache
+# index at cache["decoder"]["cache_index"].
 
 
-def prefill(model, params, inputs, *, max_decode_len: int, prefix=None) -> DecodeStart:
-    """Encode the source and run the decoder once over BOS and the whole prefix.
-
-    inputs (B, S), PAD-padded; prefix (B, P) with P < max_decode_len, each row
-    right-padded with PAD (rows may differ in length), or None. The cache is
-    allocated for max_decode_len target positions. Decoding starts at the
-    shortest row's prefix length m: its logits come out of the prefill, and
-    the cache index is set back to m + 1, so longer rows feed their remaining
-    prefix tokens one step at a time, overwriting what the prefill stored
-    there for the shorter rows' padding.
-    """
-    batch = inputs.shape[0]
+def _checked_prefix(model, batch: int, prefix, max_decode_len: int) -> jax.Array:
+    """The prefix (B, P), or an empty one; errors before tracing when nothing fits."""
     max_len = model.config.max_len
     if max_decode_len > max_len:  # Positions past max_len have no encoding: fail before tracing.
         raise ValueError(
@@ -322,19 +315,28 @@ def prefill(model, params, inputs, *, max_decode_len: int, prefix=None) -> Decod
             f"A prefix of width {prefix.shape[1]} leaves no room to decode within "
             f"max_decode_len={max_decode_len}."
         )
-    encoded = model.apply({"params": params}, inputs, method=model.encode)  # (B, S, D)
-    decoder_inputs = jnp.concatenate([jnp.full((batch, 1), BOS_ID, jnp.int32), prefix], 1)
-    logits, variables = model.apply(
-        {"params": params, "cache": _empty_cache(model, encoded, inputs, max_decode_len)},
-        encoded,
-        inputs,
-        decoder_inputs,
-        decode=True,
-        method=model.decode,
-        mutable=["cache"],
-    )  # logits (B, P + 1, V)
+    return prefix
+
+
+def _decoder_inputs(prefix: jax.Array) -> jax.Array:
+    """BOS, then the prefix: what the prefill feeds the decoder. (B, P) -> (B, P + 1)."""
+    bos = jnp.full((prefix.shape[0], 1), BOS_ID, jnp.int32)
+    return jnp.concatenate([bos, prefix.astype(jnp.int32)], axis=1)
+
+
+def _empty_cache(init, *args):
+    """The zeroed cache that `init(rng, *args)` allocates; the cache index starts at 0."""
+    shapes = jax.eval_shape(init, jax.random.key(0), *args)["cache"]
+    return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+
+
+def _start_after_prefill(logits, cache, prefix, max_decode_len: int) -> DecodeStart:
+    """The prefill ran over BOS and the whole prefix; decoding starts at the shortest
+    row's prefix length m. Its logits are the prefill's at m, and the cache index
+    goes back to m + 1, so longer rows feed their remaining prefix tokens one step
+    at a time, overwriting what the prefill stored there for shorter rows' padding.
+    logits (B, P + 1, V), prefix (B, P)."""
     index = jnp.min(jnp.sum(prefix != PAD_ID, axis=1))
-    cache = variables["cache"]
     decoder_cache = {**cache["decoder"], "cache_index": (index + 1).astype(jnp.int32)}
     return DecodeStart(
         logits=lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False),
@@ -344,12 +346,67 @@ def prefill(model, params, inputs, *, max_decode_len: int, prefix=None) -> Decod
     )
 
 
-def _empty_cache(model, encoded, inputs, max_decode_len):
-    """Zeroed cache for max_decode_len target positions; the cache index starts at 0."""
+def _search(
+    tokens_to_logits_for: Callable[[int], TokensToLogits],
+    start: DecodeStart,
+    *,
+    beam_size: int,
+    alpha: float,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    rng,
+    cache_batch_axis: int,
+) -> jax.Array:
+    """Beam search's best hypothesis when beam_size > 1, else greedy search
+    (temperature 0) or sampling. `tokens_to_logits_for(k)` is the callback for
+    k copies of every row. Returns tokens (B, L)."""
+    if beam_size > 1:
+        tokens, _ = beam_search(
+            tokens_to_logits_for(beam_size),
+            start,
+            beam_size=beam_size,
+            alpha=alpha,
+            cache_batch_axis=cache_batch_axis,
+        )
+        return tokens[:, 0]
+    if temperature == 0.0:
+        return greedy_search(tokens_to_logits_for(1), start)
+    if rng is None:
+        raise ValueError("Sampling (temperature > 0) needs an rng key.")
+    return temperature_sample(
+        tokens_to_logits_for(1), start, rng, temperature=temperature, top_k=top_k, top_p=top_p
+    )
+
+
+SEARCH_OPTIONS = ("max_decode_len", "beam_size", "alpha", "temperature", "top_k", "top_p")
+
+
+# ----------------------------------------------------------------------------
+# The encoder-decoder Transformer.
+
+
+def prefill(model, params, inputs, *, max_decode_len: int, prefix=None) -> DecodeStart:
+    """Encode the source and run the decoder once over BOS and the whole prefix.
+
+    inputs (B, S), PAD-padded; prefix (B, P) with P < max_decode_len, each row
+    right-padded with PAD (rows may differ in length), or None. The cache is
+    allocated for max_decode_len target positions.
+    """
+    prefix = _checked_prefix(model, inputs.shape[0], prefix, max_decode_len)
+    encoded = model.apply({"params": params}, inputs, method=model.encode)  # (B, S, D)
     targets = jnp.zeros((inputs.shape[0], max_decode_len), jnp.int32)
     init = functools.partial(model.init, decode=True, method=model.decode)
-    shapes = jax.eval_shape(init, jax.random.key(0), encoded, inputs, targets)["cache"]
-    return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+    logits, variables = model.apply(
+        {"params": params, "cache": _empty_cache(init, encoded, inputs, targets)},
+        encoded,
+        inputs,
+        _decoder_inputs(prefix),
+        decode=True,
+        method=model.decode,
+        mutable=["cache"],
+    )  # logits (B, P + 1, V)
+    return _start_after_prefill(logits, variables["cache"], prefix, max_decode_len)
 
 
 def make_tokens_to_logits(model, params, inputs) -> TokensToLogits:
@@ -373,18 +430,7 @@ def make_tokens_to_logits(model, params, inputs) -> TokensToLogits:
     return tokens_to_logits
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "model",
-        "max_decode_len",
-        "beam_size",
-        "alpha",
-        "temperature",
-        "top_k",
-        "top_p",
-    ),
-)
+@functools.partial(jax.jit, static_argnames=("model", *SEARCH_OPTIONS))
 def decode_batch(
     model,
     params,
@@ -406,21 +452,87 @@ def decode_batch(
     `prefix` (B, P) forces the first target tokens of each row (see `prefill`).
     """
     start = prefill(model, params, inputs, max_decode_len=max_decode_len, prefix=prefix)
-    if beam_size > 1:
-        beam_inputs = jnp.repeat(inputs, beam_size, axis=0)
-        tokens, _ = beam_search(
-            make_tokens_to_logits(model, params, beam_inputs),
-            start,
-            beam_size=beam_size,
-            alpha=alpha,
-            cache_batch_axis=1 if model.config.scan_layers else 0,
-        )
-        return tokens[:, 0]
-    tokens_to_logits = make_tokens_to_logits(model, params, inputs)
-    if temperature == 0.0:
-        return greedy_search(tokens_to_logits, start)
-    if rng is None:
-        raise ValueError("Sampling (temperature > 0) needs an rng key.")
-    return temperature_sample(
-        tokens_to_logits, start, rng, temperature=temperature, top_k=top_k, top_p=top_p
+    return _search(
+        lambda copies: make_tokens_to_logits(model, params, jnp.repeat(inputs, copies, axis=0)),
+        start,
+        beam_size=beam_size,
+        alpha=alpha,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        rng=rng,
+        cache_batch_axis=1 if model.config.scan_layers else 0,
+    )
+
+
+# ----------------------------------------------------------------------------
+# The decoder-only language model.
+
+
+def prefill_lm(model, params, prompt, *, max_decode_len: int) -> DecodeStart:
+    """Run the language model once over BOS and the whole prompt.
+
+    prompt (B, P) with P < max_decode_len, each row right-padded with PAD
+    (rows may differ in length). The prompt is the forced prefix of the
+    output; the cache is allocated for max_decode_len positions.
+    """
+    prompt = _checked_prefix(model, prompt.shape[0], prompt, max_decode_len)
+    tokens = jnp.zeros((prompt.shape[0], max_decode_len), jnp.int32)
+    init = functools.partial(model.init, decode=True, method=model.decode)
+    logits, variables = model.apply(
+        {"params": params, "cache": _empty_cache(init, tokens)},
+        _decoder_inputs(prompt),
+        decode=True,
+        method=model.decode,
+        mutable=["cache"],
+    )  # logits (B, P + 1, V)
+    return _start_after_prefill(logits, variables["cache"], prompt, max_decode_len)
+
+
+def make_lm_tokens_to_logits(model, params) -> TokensToLogits:
+    """The language model's decoding callback for steps after the prefill."""
+
+    def tokens_to_logits(tokens, cache):
+        logits, variables = model.apply(
+            {"params": params, "cache": cache},
+            tokens,
+            decode=True,
+            method=model.decode,
+            mutable=["cache"],
+        )  # logits (N, 1, V)
+        return logits[:, -1], variables["cache"]
+
+    return tokens_to_logits
+
+
+@functools.partial(jax.jit, static_argnames=("model", *SEARCH_OPTIONS))
+def generate(
+    model,
+    params,
+    prompt,
+    *,
+    max_decode_len: int,
+    beam_size: int = 1,
+    alpha: float = 0.6,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    rng=None,
+) -> jax.Array:
+    """Continue a batch of prompts: prompt (B, P) -> tokens (B, max_decode_len).
+
+    Each output row holds its prompt, then the generated tokens, then EOS and
+    PAD. The search is chosen as in `decode_batch`.
+    """
+    start = prefill_lm(model, params, prompt, max_decode_len=max_decode_len)
+    return _search(
+        lambda copies: make_lm_tokens_to_logits(model, params),
+        start,
+        beam_size=beam_size,
+        alpha=alpha,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        rng=rng,
+        cache_batch_axis=1 if model.config.scan_layers else 0,
     )

@@ -1,53 +1,27 @@
 """The experiment config: one flat `ConfigDict` (configs/default.py), checked before any work.
 
 `configs/default.py` is the one source of experiment defaults. Its fields feed three readers:
-the data pipeline (`DataOptions`), the model (`TransformerConfig`, built here by
-`model_config_from`) and the training loop. `check_config` asks each of them about the whole
+the data pipeline (`DataOptions`), the model family that `config.model` names
+(`flaxformer_lite.families`) and the training loop. `check_config` asks each of them about the whole
 config up front, so a value that cannot work stops the run at once with one line, not after
 data preparation, compilation or the first hour of training.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 
 import ml_collections
 
-from flaxformer_lite.config import TransformerConfig
+from flaxformer_lite import families
+from flaxformer_lite.config import ConfigError, required_field
 from flaxformer_lite.data import DataError, DataOptions
+from flaxformer_lite.special_tokens import NUM_SPECIAL_TOKENS
 
-# TransformerConfig fields that the data decide, not the experiment config.
-DATA_DECIDED_MODEL_FIELDS = ("vocab_size", "target_vocab_size", "max_len")
+__all__ = ["ConfigError", "check_config"]
+
 SCHEDULES = ("rsqrt", "cosine")
-
-
-class ConfigError(ValueError):
-    """An experiment config value that cannot work; the one-line message names field and fix."""
-
-
-def model_config_from(config: ml_collections.ConfigDict, vocab_size: int) -> TransformerConfig:
-    """The model an experiment config describes, for a tokenizer of `vocab_size` ids.
-
-    Every model field comes from the experiment config. `max_len` covers the longest
-    sequence the model will see: a source, a training target, or a generated output of
-    `max_decode_length` tokens (decoding builds its cache at that length).
-    """
-    values = {}
-    for field in dataclasses.fields(TransformerConfig):
-        if field.name not in DATA_DECIDED_MODEL_FIELDS:
-            values[field.name] = _required(config, field.name)
-    max_len = max(
-        _required(config, "max_source_length"),
-        _required(config, "max_target_length"),
-        _required(config, "max_decode_length"),
-    )
-    try:
-        return TransformerConfig(vocab_size=vocab_size, max_len=max_len, **values)
-    except (TypeError, ValueError) as error:
-        # TransformerConfig names its own field; the user sets it as config.<field>.
-        raise ConfigError(str(error).replace("TransformerConfig.", "config.", 1)) from None
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -56,8 +30,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         DataOptions.from_config(config)
     except DataError as error:
         raise ConfigError(str(error)) from None
-    # The tokenizer decides the real vocabulary size; any positive size checks the rest.
-    model_config_from(config, vocab_size=1)
+    # The model family checks its own fields. The tokenizer decides the real
+    # vocabulary size; any size that holds the special tokens checks the rest.
+    families.make_family(config, vocab_size=NUM_SPECIAL_TOKENS + 1)
     _check_optimisation(config)
     _check_evaluation(config)
 
@@ -65,7 +40,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def _check_optimisation(config: ml_collections.ConfigDict) -> None:
     _check_int(config, "num_train_steps", minimum=1)
     _check_int(config, "seed", minimum=0)
-    schedule = _required(config, "schedule")
+    schedule = required_field(config, "schedule")
     if schedule not in SCHEDULES:
         _fail("schedule", schedule, f"choose one of {SCHEDULES}")
     # The paper's schedule divides by the warm-up length; cosine may start at its peak.
@@ -88,21 +63,12 @@ def _check_evaluation(config: ml_collections.ConfigDict) -> None:
     _check_number(config, "length_penalty_alpha", low=0.0)
     _check_int(config, "num_print_examples", minimum=0)
     for name in ("eval_bleu", "distributed"):
-        if not isinstance(_required(config, name), bool):
+        if not isinstance(required_field(config, name), bool):
             _fail(name, config[name], "use True or False")
 
 
-def _required(config: ml_collections.ConfigDict, name: str):
-    if name not in config:
-        raise ConfigError(
-            f"config has no field {name!r}: build the config from configs/default.py "
-            "(`default.get_config()`), which sets every field."
-        )
-    return config[name]
-
-
 def _check_int(config: ml_collections.ConfigDict, name: str, *, minimum: int) -> None:
-    value = _required(config, name)
+    value = required_field(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         _fail(name, value, f"use an integer >= {minimum}")
 
@@ -116,7 +82,7 @@ def _check_number(
     low_inclusive: bool = True,
 ) -> None:
     """A finite real number in [low, high), or (low, high) when not `low_inclusive`."""
-    value = _required(config, name)
+    value = required_field(config, name)
     is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
     above_low = is_number and (value >= low if low_inclusive else value > low)
     if not (is_number and math.isfinite(value) and above_low and value < high):

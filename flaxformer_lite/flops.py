@@ -79,6 +79,14 @@ def forward_flops(
     )
 
 
+def decoder_only_forward_flops(config: TransformerConfig, batch: int, length: int) -> int:
+    """Matmul FLOPs of one forward pass of the decoder-only LM on (B, T) tokens."""
+    d, f = config.d_model, config.d_ff
+    layer = attention_flops(batch, length, length, d) + feed_forward_flops(batch, length, d, f)
+    output_layer = 2 * batch * length * d * config.vocab_size
+    return config.num_decoder_layers * layer + output_layer
+
+
 def train_step_flops(
     config: TransformerConfig, batch: int, source_length: int, target_length: int
 ) -> int:

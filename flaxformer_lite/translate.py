@@ -5,37 +5,27 @@ translation per line to --output (default stdout). The model, its tokenizer
 and its parameters all come from the training run's workdir.
 """
 
-import json
-import os
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from flaxformer_lite.data import DataError, load_tokenizer
+from flaxformer_lite.config import ConfigError
+from flaxformer_lite.data import DataError
 from flaxformer_lite.decoding import decode_batch
-from flaxformer_lite.experiment import model_config_from
-from flaxformer_lite.models.encoder_decoder import Transformer
 from flaxformer_lite.special_tokens import EOS_ID
-from flaxformer_lite.training.checkpoint import CheckpointError, restore_params
+from flaxformer_lite.trained_run import load_trained_run
+from flaxformer_lite.training.checkpoint import CheckpointError
 
 
 class Translator:
     """A trained model ready to translate: config, tokenizer and parameters of a workdir."""
 
     def __init__(self, workdir: str, step: int | None = None):
-        config_path = os.path.join(workdir, "config.json")
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(
-                f"{config_path} is missing: point --workdir at a directory train.py wrote."
-            )
-        with open(config_path) as f:
-            self.config = ml_collections.ConfigDict(json.load(f))
-        self.tokenizer = load_tokenizer(self.config, workdir)
-        self.model = Transformer(model_config_from(self.config, self.tokenizer.vocab_size))
-        self.params = restore_params(workdir, step)
+        run = load_trained_run(workdir, step, family="encoder_decoder")
+        self.config, self.tokenizer, self.params = run.config, run.tokenizer, run.params
+        self.model = run.family.module
 
     def encode(self, lines: list[str]) -> np.ndarray:
         """Sentences -> (B, max_source_length) ids, EOS-terminated, PAD-filled."""
@@ -91,7 +81,12 @@ def main(argv):
     try:
         translator = Translator(FLAGS.workdir, FLAGS.step)
         lines = _read_lines(FLAGS.input)
-    except (OSError, CheckpointError, DataError) as error:  # bad input: one line, no trace
+    except (
+        OSError,
+        CheckpointError,
+        ConfigError,
+        DataError,
+    ) as error:  # bad input: one line, no trace
         raise SystemExit(f"error: {error}") from None
     translations = translator.translate(
         lines, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha, max_length=FLAGS.max_length

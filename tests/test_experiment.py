@@ -10,7 +10,9 @@ from tiny_training import TINY_TRAINING
 
 from configs import default
 from flaxformer_lite.data import create_datasets
-from flaxformer_lite.experiment import ConfigError, check_config, model_config_from
+from flaxformer_lite.experiment import ConfigError, check_config
+from flaxformer_lite.families import make_family
+from flaxformer_lite.families import transformer_config_from as model_config_from
 from flaxformer_lite.training.trainer import decode_split, generation_metrics, train_and_evaluate
 from flaxformer_lite.translate import Translator
 
@@ -118,11 +120,12 @@ def test_bleu_scores_every_example_against_its_whole_reference(tmp_path):
     config.update(max_source_length=8, max_target_length=8, eval_bleu=True, overlong="filter")
     datasets = create_datasets(config, str(tmp_path), num_local_devices=1)
 
-    def copy_source(params, inputs):  # (devices, B, S) -> the same ids, as a "model" would
+    def copy_source(params, batch):  # (devices, B, S) -> the same ids, as a "model" would
         del params
-        return inputs
+        return batch["inputs"]
 
-    _, predictions, _ = decode_split(copy_source, None, datasets)
+    family = make_family(config, datasets.tokenizer.vocab_size)
+    _, predictions, _ = decode_split(family, copy_source, None, datasets)
     metrics = generation_metrics(
         config, datasets.tokenizer, predictions, datasets.reference_texts()
     )

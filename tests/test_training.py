@@ -12,10 +12,10 @@ from flax.training.train_state import TrainState
 
 from configs.default import get_config
 from flaxformer_lite import Transformer, TransformerConfig
+from flaxformer_lite.families import EncoderDecoder
 from flaxformer_lite.special_tokens import EOS_ID
 from flaxformer_lite.training import losses as losses_module
 from flaxformer_lite.training import parallel
-from flaxformer_lite.training import step as step_module
 from flaxformer_lite.training.losses import smoothed_cross_entropy, token_metrics
 from flaxformer_lite.training.optimizer import decay_mask, make_optimizer
 from flaxformer_lite.training.schedules import make_schedule, transformer_schedule
@@ -141,6 +141,19 @@ TINY = TransformerConfig(
 )
 
 
+def family_of(model_config, length=6):
+    """The encoder-decoder family of `model_config`, as the trainer builds it."""
+    return EncoderDecoder(
+        model_config=model_config,
+        max_source_length=length,
+        max_target_length=length,
+        max_decode_length=length,
+    )
+
+
+FAMILY = family_of(TINY)
+
+
 def random_batch(seed, rows=8, length=6):
     rng = np.random.default_rng(seed)
     inputs = rng.integers(4, 16, size=(rows, length)).astype(np.int32)
@@ -165,11 +178,11 @@ def tiny_state():
 def test_pmap_on_four_devices_equals_one_device(tiny_state):
     assert jax.local_device_count() == 4, "conftest sets four fake CPU devices"
     batch, rng = random_batch(1), jax.random.key(0)
-    single_step = jax.jit(functools.partial(train_step, label_smoothing=0.1))
+    single_step = jax.jit(functools.partial(train_step, family=FAMILY, label_smoothing=0.1))
     single_state, single_metrics = single_step(tiny_state, batch, rng)
 
     sharded = jax.tree_util.tree_map(lambda x: x.reshape(4, 2, *x.shape[1:]), batch)
-    p_step = parallel.pmapped_train_step(label_smoothing=0.1)
+    p_step = parallel.pmapped_train_step(FAMILY, label_smoothing=0.1)
     multi_state, multi_metrics = p_step(parallel.replicate(tiny_state), sharded, rng)
 
     for key in ("loss_sum", "token_count", "correct_sum", "grad_norm"):
@@ -181,8 +194,10 @@ def test_pmap_on_four_devices_equals_one_device(tiny_state):
         single_state.params,
     )
 
-    p_eval = parallel.pmapped_eval_step(label_smoothing=0.1)
-    single_eval = jax.jit(functools.partial(eval_step, label_smoothing=0.1))(tiny_state, batch)
+    p_eval = parallel.pmapped_eval_step(FAMILY, label_smoothing=0.1)
+    single_eval = jax.jit(functools.partial(eval_step, family=FAMILY, label_smoothing=0.1))(
+        tiny_state, batch
+    )
     multi_eval = p_eval(parallel.replicate(tiny_state), sharded)
     np.testing.assert_allclose(multi_eval["nll_sum"][0], single_eval["nll_sum"], rtol=2e-5)
 
@@ -212,14 +227,15 @@ def record_dropout_masks(monkeypatch) -> list[bytes]:
 
 def test_dropout_masks_differ_across_steps_devices_and_scanned_layers(tiny_state, monkeypatch):
     masks = record_dropout_masks(monkeypatch)
-    scanned = Transformer(
-        TINY.replace(dropout_rate=0.5, scan_layers=True, num_encoder_layers=2, num_decoder_layers=2)
+    scanned_config = TINY.replace(
+        dropout_rate=0.5, scan_layers=True, num_encoder_layers=2, num_decoder_layers=2
     )
+    scanned = Transformer(scanned_config)
     batch = random_batch(4)
     params = scanned.init(jax.random.key(0), batch["inputs"], batch["targets"])["params"]
     state = TrainState.create(apply_fn=scanned.apply, params=params, tx=optax.sgd(0.0))
     identical_shards = jax.tree_util.tree_map(lambda x: np.stack([x[:2]] * 4), batch)
-    p_step = parallel.pmapped_train_step(label_smoothing=0.0)
+    p_step = parallel.pmapped_train_step(family_of(scanned_config), label_smoothing=0.0)
     state = parallel.replicate(state)
     for _ in range(2):  # steps 0 and 1, same batch, same parameters (lr 0)
         state, _ = p_step(state, identical_shards, jax.random.key(0))
@@ -243,14 +259,15 @@ def test_dropout_masks_differ_across_steps_devices_and_scanned_layers(tiny_state
 
 def test_train_step_normalises_by_the_real_tokens_pad_id_names(tiny_state, monkeypatch):
     """With PAD_ID moved to 5, the loss is the mean over tokens that are not 5."""
-    monkeypatch.setattr(step_module, "PAD_ID", 5)
     monkeypatch.setattr(losses_module, "PAD_ID", 5)
     rng = np.random.default_rng(5)
     inputs = rng.integers(6, 16, size=(4, 6)).astype(np.int32)
     targets = np.concatenate([inputs[:, :4], np.full((4, 2), 5, np.int32)], axis=1)
     batch = {"inputs": inputs, "targets": targets}  # 16 real target tokens, 8 "pads"
     sgd = tiny_state.replace(tx=optax.sgd(1.0), opt_state=optax.sgd(1.0).init(tiny_state.params))
-    new_state, metrics = jax.jit(train_step)(sgd, batch, jax.random.key(0))
+    new_state, metrics = jax.jit(functools.partial(train_step, family=FAMILY))(
+        sgd, batch, jax.random.key(0)
+    )
 
     def mean_loss(params):
         logits = tiny_state.apply_fn({"params": params}, batch["inputs"], batch["targets"])
@@ -275,7 +292,7 @@ def test_accuracy_counts_nan_logits_as_wrong():
 
 def test_a_nonfinite_update_is_not_applied_but_the_step_counts(tiny_state):
     batch, rng = random_batch(6), jax.random.key(0)
-    step = jax.jit(train_step)
+    step = jax.jit(functools.partial(train_step, family=FAMILY))
     finite_state, finite_metrics = step(tiny_state, batch, rng)
     assert finite_metrics["nonfinite"] == 0.0 and int(finite_state.step) == 1
     exploding = TrainState.create(
@@ -288,7 +305,7 @@ def test_a_nonfinite_update_is_not_applied_but_the_step_counts(tiny_state):
 
 def test_train_step_is_pure_and_lowers_the_loss(tiny_state):
     batch, rng = random_batch(2), jax.random.key(1)
-    step = jax.jit(train_step)
+    step = jax.jit(functools.partial(train_step, family=FAMILY))
     first, metrics_a = step(tiny_state, batch, rng)
     again, metrics_b = step(tiny_state, batch, rng)  # same inputs, same outputs
     np.testing.assert_array_equal(metrics_a["loss_sum"], metrics_b["loss_sum"])

@@ -55,15 +55,23 @@ def _entropy(on_value: float, off_value: float, vocab_size: int) -> float:
 
 
 def token_metrics(
-    logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float = 0.0
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    label_smoothing: float = 0.0,
+    weights: jnp.ndarray | None = None,
 ) -> dict[str, jnp.ndarray]:
-    """Sums over real (non-PAD) tokens, to be added across devices before dividing.
+    """Sums over the counted tokens, to be added across devices before dividing.
 
+    `weights` (B, T) says which tokens count (1.0) and which do not (0.0); by
+    default every real (non-PAD) label counts. A prompt -> completion language
+    model passes 0 on the prompt, so only the completion is learned and scored.
     Returns loss_sum (the training objective, smoothed), nll_sum (unsmoothed
-    cross-entropy, for perplexity), correct_sum, token_count, and per-example
-    sequence counts: sequence_count and exact_sum (all tokens right).
+    cross-entropy, for perplexity), correct_sum, token_count (the summed
+    weights), and per-example sequence counts: sequence_count and exact_sum
+    (every counted token right).
     """
-    weights = (labels != PAD_ID).astype(jnp.float32)  # (B, T)
+    real = (labels != PAD_ID).astype(jnp.float32)  # (B, T)
+    weights = real if weights is None else weights.astype(jnp.float32) * real
     loss = smoothed_cross_entropy(logits, labels, label_smoothing)
     nll = smoothed_cross_entropy(logits, labels, 0.0)
     correct = _is_argmax(logits, labels).astype(jnp.float32) * weights

@@ -26,15 +26,19 @@ def initialize_distributed(enabled: bool) -> None:
         jax.distributed.initialize()
 
 
-def pmapped_train_step(label_smoothing: float):
+def pmapped_train_step(family, label_smoothing: float):
     """state (replicated), batch (devices, B, L), rng (one key) -> (state, metric sums)."""
-    step = functools.partial(train_step, label_smoothing=label_smoothing, axis_name=AXIS)
+    step = functools.partial(
+        train_step, family=family, label_smoothing=label_smoothing, axis_name=AXIS
+    )
     return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
 
 
-def pmapped_eval_step(label_smoothing: float):
+def pmapped_eval_step(family, label_smoothing: float):
     """state (replicated), batch (devices, B, L) -> metric sums (replicated)."""
-    step = functools.partial(eval_step, label_smoothing=label_smoothing, axis_name=AXIS)
+    step = functools.partial(
+        eval_step, family=family, label_smoothing=label_smoothing, axis_name=AXIS
+    )
     return jax.pmap(step, axis_name=AXIS)
 
 

@@ -2,11 +2,17 @@
 
 Both run as plain jitted functions on one device, or under `jax.pmap` with
 `axis_name` set, in which case gradients and metrics are summed across
-devices. Metrics leave the step as token-weighted sums (`losses.token_metrics`):
+devices. Both are generic over the model family (`flaxformer_lite.families`),
+which maps a batch to its module and the module's outputs to metric sums.
+Metrics leave the step as token-weighted sums (`losses.token_metrics`):
 dividing sums gathered from every device gives the true global mean, where a
 mean of per-device means would not whenever devices hold different numbers of
 real tokens.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -14,21 +20,8 @@ import optax
 from flax.training.train_state import TrainState
 from jax import lax
 
-from flaxformer_lite.special_tokens import PAD_ID
-from flaxformer_lite.training.losses import token_metrics
-
-MODEL_INPUTS = (
-    "inputs",
-    "targets",
-    "inputs_segmentation",
-    "targets_segmentation",
-    "inputs_position",
-    "targets_position",
-)
-
-
-def _model_inputs(batch):
-    return tuple(batch.get(name) for name in MODEL_INPUTS)
+if TYPE_CHECKING:  # the families import the losses, which live beside this module
+    from flaxformer_lite.families import ModelFamily
 
 
 def _psum(tree, axis_name):
@@ -40,14 +33,16 @@ def train_step(
     batch: dict,
     rng: jax.Array,
     *,
+    family: ModelFamily,
     label_smoothing: float = 0.0,
     axis_name: str | None = None,
 ) -> tuple[TrainState, dict]:
-    """One optimizer update on a batch of (B, L) arrays; returns (new state, metric sums).
+    """One optimizer update on a batch of named (B, L) arrays; returns (new state, metric sums).
 
-    The loss is the label-smoothed cross-entropy averaged over every real
-    target token of the global batch. Dropout keys are derived from `rng`,
-    the step and the device index, so a resumed run draws the same masks.
+    The family maps the batch to its module and its outputs to metric sums; the
+    loss is `loss_sum` over the global batch's `token_count` (the tokens, or
+    examples, the loss counts on every device). Dropout keys are derived from
+    `rng`, the step and the device index, so a resumed run draws the same masks.
 
     A non-finite loss, gradient norm or update is not applied: parameters and
     optimizer state stay as they were, the step counter still advances, and
@@ -57,18 +52,13 @@ def train_step(
     dropout_key = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
         dropout_key = jax.random.fold_in(dropout_key, lax.axis_index(axis_name))
-    real_tokens = (batch["targets"] != PAD_ID).sum().astype(jnp.float32)
-    global_token_count = _psum(real_tokens, axis_name).clip(min=1.0)
 
     def loss_fn(params):
-        logits = state.apply_fn(
-            {"params": params},
-            *_model_inputs(batch),
-            deterministic=False,
-            rngs={"dropout": dropout_key},
-        )
-        metrics = token_metrics(logits, batch["targets"], label_smoothing)
-        return metrics["loss_sum"] / global_token_count, metrics
+        outputs = family.apply(params, batch, deterministic=False, rngs={"dropout": dropout_key})
+        metrics = family.metric_sums(outputs, batch, label_smoothing=label_smoothing)
+        # The count depends on the batch alone; summed over devices it makes the global mean.
+        global_count = _psum(lax.stop_gradient(metrics["token_count"]), axis_name)
+        return metrics["loss_sum"] / jnp.maximum(global_count, 1.0), metrics
 
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
     # Each device differentiated its share of the global mean: the sum is the gradient.
@@ -99,9 +89,10 @@ def eval_step(
     state: TrainState,
     batch: dict,
     *,
+    family: ModelFamily,
     label_smoothing: float = 0.0,
     axis_name: str | None = None,
 ) -> dict:
     """Teacher-forced metric sums on one batch, without dropout."""
-    logits = state.apply_fn({"params": state.params}, *_model_inputs(batch), deterministic=True)
-    return _psum(token_metrics(logits, batch["targets"], label_smoothing), axis_name)
+    outputs = family.apply(state.params, batch, deterministic=True)
+    return _psum(family.metric_sums(outputs, batch, label_smoothing=label_smoothing), axis_name)

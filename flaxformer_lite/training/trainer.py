@@ -1,21 +1,18 @@
 """The training loop: data -> pmapped train_step -> metrics, evaluation, checkpoints."""
 
 import contextlib
-import functools
 import os
 import time
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax.training.train_state import TrainState
 from tqdm import tqdm
 
 from flaxformer_lite import evaluation, flops
-from flaxformer_lite.config import TransformerConfig
 from flaxformer_lite.data import create_datasets
-from flaxformer_lite.decoding import decode_batch
-from flaxformer_lite.experiment import ConfigError, check_config, model_config_from
-from flaxformer_lite.models.encoder_decoder import Transformer
+from flaxformer_lite.experiment import ConfigError, check_config
+from flaxformer_lite.families import ModelFamily, make_family
 from flaxformer_lite.training import parallel
 from flaxformer_lite.training.checkpoint import Checkpointer
 from flaxformer_lite.training.guards import (
@@ -30,12 +27,10 @@ from flaxformer_lite.training.optimizer import make_optimizer
 from flaxformer_lite.training.schedules import make_schedule
 
 
-def create_train_state(model: Transformer, config, rng: jax.Array) -> TrainState:
+def create_train_state(family: ModelFamily, config, rng: jax.Array) -> TrainState:
     """Initialise parameters from shapes alone (jit), then the optimizer state."""
-    source = jnp.ones((1, config.max_source_length), jnp.int32)
-    target = jnp.ones((1, config.max_target_length), jnp.int32)
-    params = jax.jit(model.init)(rng, source, target)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config))
+    params = family.init_params(rng)
+    return TrainState.create(apply_fn=family.module.apply, params=params, tx=make_optimizer(config))
 
 
 def _first_replica(tree):
@@ -48,19 +43,7 @@ def evaluate(p_eval_step, state, datasets, split: str = "validation") -> dict[st
     return summarize([_first_replica(s) for s in sums])
 
 
-def pmapped_decode(model: Transformer, config):
-    """params (replicated), inputs (devices, B, S) -> tokens (devices, B, max_decode_length)."""
-    decode = functools.partial(
-        decode_batch,
-        model,
-        max_decode_len=config.max_decode_length,
-        beam_size=config.beam_size,
-        alpha=config.length_penalty_alpha,
-    )
-    return jax.pmap(decode)
-
-
-def decode_split(p_decode, params, datasets, split: str = "validation"):
+def decode_split(family: ModelFamily, p_predict, params, datasets, split: str = "validation"):
     """Generate for every example of `split`: (sources, predictions, references) token rows.
 
     Sources and references are the rows the model reads, cut to the length limits; score
@@ -68,9 +51,10 @@ def decode_split(p_decode, params, datasets, split: str = "validation"):
     """
     sources, predictions, references = [], [], []
     for batch in datasets.eval_batches(split):
-        tokens = jax.device_get(p_decode(params, batch["inputs"]))
+        tokens = jax.device_get(p_predict(params, batch))
         real = batch["targets"].reshape(-1, batch["targets"].shape[-1]).any(axis=-1)
-        sources.extend(batch["inputs"].reshape(-1, batch["inputs"].shape[-1])[real])
+        conditioned_on = np.asarray(family.sources(batch))
+        sources.extend(conditioned_on.reshape(-1, conditioned_on.shape[-1])[real])
         predictions.extend(tokens.reshape(-1, tokens.shape[-1])[real])
         references.extend(batch["targets"].reshape(-1, batch["targets"].shape[-1])[real])
     return sources, predictions, references
@@ -100,22 +84,19 @@ def print_examples(tokenizer, sources, predictions, references, count: int) -> N
         )
 
 
-def step_flops_and_peak(model_config: TransformerConfig, config) -> tuple[float, float]:
+def step_flops_and_peak(family: ModelFamily, config) -> tuple[float, float]:
     """Model FLOPs of one global training step, and the FLOP/s that MFU divides by.
 
     Accelerators use their data-sheet peak times the device count. On CPU the
     (possibly fake) devices share one host, whose ceiling is a matmul measured
     now, small enough to take about a second.
     """
-    rows = config.per_device_batch_size * jax.device_count()
-    step_flops = flops.train_step_flops(
-        model_config, rows, config.max_source_length, config.max_target_length
-    )
+    step_flops = family.train_step_flops(config.per_device_batch_size * jax.device_count())
     device = jax.devices()[0]
     peak = flops.table_peak_flops(device.device_kind)
     if peak is not None:
         return step_flops, peak * jax.device_count()
-    return step_flops, flops.measure_matmul_flops(model_config.dtype, size=1024, repeats=3)
+    return step_flops, flops.measure_matmul_flops(config.dtype, size=1024, repeats=3)
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -149,11 +130,10 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
     datasets = create_datasets(config, workdir, jax.local_device_count())
     if is_chief:
         print(datasets.info)
-    model_config = model_config_from(config, datasets.tokenizer.vocab_size)
-    model = Transformer(model_config)
-    step_flops, peak_flops = step_flops_and_peak(model_config, config)
+    family = make_family(config, datasets.tokenizer.vocab_size)
+    step_flops, peak_flops = step_flops_and_peak(family, config)
     dropout_rng = jax.random.key(config.seed, impl=prng_impl)
-    state = create_train_state(model, config, jax.random.key(config.seed))
+    state = create_train_state(family, config, jax.random.key(config.seed))
 
     checkpointer = Checkpointer(
         workdir,
@@ -169,9 +149,9 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
             f.write(config.to_json_best_effort(indent=2))
 
     learning_rate = make_schedule(config)
-    p_train_step = parallel.pmapped_train_step(config.label_smoothing)
-    p_eval_step = parallel.pmapped_eval_step(config.label_smoothing)
-    p_decode = pmapped_decode(model, config)
+    p_train_step = parallel.pmapped_train_step(family, config.label_smoothing)
+    p_eval_step = parallel.pmapped_eval_step(family, config.label_smoothing)
+    p_predict = jax.pmap(family.predict)
     writer = MetricWriter(workdir, enabled=is_chief)
     nonfinite = NonFiniteSteps(
         skip=config.skip_nonfinite,
@@ -180,7 +160,7 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
 
     def run_evaluation(step, train):
         teacher_forced = evaluate(p_eval_step, state, datasets)
-        sources, predictions, references = decode_split(p_decode, state.params, datasets)
+        sources, predictions, references = decode_split(family, p_predict, state.params, datasets)
         metrics = {
             "train_loss": train.get("loss", float("nan")),
             "eval_loss": teacher_forced["loss"],
