@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                   # everything (~10 minutes on a 2-core CPU)
     python benchmarks/run.py --only train      # one part: train, compile, memory, decode, data
+    python benchmarks/run.py --only default_seeds   # on request only (~10 minutes)
 
 Parts:
   train    train step on the bench workload vs the PyTorch peer (alternated,
@@ -11,6 +12,9 @@ Parts:
   memory   peak memory of a 12-layer model with each remat policy
   decode   benchmarks/decode_speed.py, when present
   data     benchmarks/data_pipeline.py, when present
+  default_seeds  `python train.py` (the default run) for seeds 0, 1 and 2: min, median
+           and max exact match and wall time (benchmarks/default_seeds.py); it measures
+           the default run's quality, not the speed, so it runs only with --only
 
 The peer needs torch (`pip install torch==2.13.0`, the `bench` extra); without
 it the train part reports our side alone. The suite restarts itself with
@@ -32,6 +36,7 @@ import sys
 import time
 
 import compile_time
+import default_seeds
 import host_malloc
 import jax
 import memory
@@ -45,12 +50,17 @@ PARTS = {
     "memory": memory.run,
 }
 OPTIONAL_PARTS = {"decode": "decode_speed", "data": "data_pipeline"}  # other people's modules
+ON_REQUEST_PARTS = {"default_seeds": default_seeds.run}  # run with --only, never by default
 HEADLINES = (
     "train_ratio_vs_torch",
     "mfu",
     "compile_ratio_12_vs_2",
     "remat_full_peak_ratio",
     "decode_cache_speedup",
+    "default_seeds_exact_match_min",
+    "default_seeds_exact_match_median",
+    "default_seeds_exact_match_max",
+    "default_seeds_wall_s_max",
 )
 
 
@@ -118,7 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--only", choices=[*PARTS, *OPTIONAL_PARTS], help="run one part")
+    parser.add_argument(
+        "--only", choices=[*PARTS, *OPTIONAL_PARTS, *ON_REQUEST_PARTS], help="run one part"
+    )
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="JSON directory")
     parser.add_argument("--peer", default=train_speed.PEER, help="the PyTorch peer script")
     parser.add_argument(
@@ -136,7 +148,7 @@ def main() -> None:
         elif args.only == name:
             sys.exit(f"benchmarks/{module_name}.py does not exist yet")
     if args.only:
-        parts = {args.only: parts[args.only]}
+        parts = {args.only: {**parts, **ON_REQUEST_PARTS}[args.only]}
 
     results, seconds = {}, {}
     for name, part in parts.items():
