@@ -49,6 +49,10 @@ def test_every_shipped_config_passes(name):
         (dict(dropout_rate=1.0), r"config\.dropout_rate=1\.0 is invalid"),
         (dict(overlong="cut"), r"config\.overlong='cut' must be one of"),
         (dict(max_source_length=1), r"config\.max_source_length=1 is too small"),
+        (
+            dict(model="gpt"),
+            r"config\.model='gpt' is unknown: choose one of \('encoder_decoder', 'decoder_only'",
+        ),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_field(changes, message):
