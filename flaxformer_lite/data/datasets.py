@@ -2,23 +2,28 @@
 
 It reads the data options from the config, prepares the dataset once (TFDS caches it), builds
 or loads the tokenizer, counts the over-long examples of every split, and returns a
-`Datasets`: the tokenizer, the endless training iterator and the evaluation batches.
+`Datasets`: the tokenizer, the endless training iterator and the evaluation batches, in the
+data format `config.model` reads (data/formats.py). Plain text for a decoder-only model is
+one stream of tokens cut into windows (data/text_stream.py); everything else is a sequence
+of examples.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grain
 import ml_collections
 import numpy as np
 
-from flaxformer_lite.data import hosts, pipeline, sources, tokenizers
+from flaxformer_lite.data import hosts, pipeline, sources, text_stream, tokenizers
 from flaxformer_lite.data.errors import DataError
+from flaxformer_lite.data.formats import data_format
 from flaxformer_lite.data.options import DataOptions
 from flaxformer_lite.data.pipeline import Example, HostLayout, LengthReport
 from flaxformer_lite.data.tokenizers import Tokenizer
@@ -32,6 +37,10 @@ class Datasets:
     batch, forever. Orbax saves and restores its position with grain's checkpoint handler,
     `grain.checkpoint.CheckpointSave(train_iter)` / `CheckpointRestore(train_iter)`, next to
     the model, so a resumed run continues with exactly the batch that comes next.
+
+    `data_format` names the batch layout (data/formats.py): "pairs" (inputs, targets),
+    "prompt_completion" or "text" (targets and loss_weights). For "text", `eval_bytes` holds
+    the UTF-8 bytes each evaluation split covers: bits per byte = nll_sum / ln 2 / bytes.
     """
 
     tokenizer: Tokenizer
@@ -42,6 +51,8 @@ class Datasets:
     eval_references: dict[str, list[str]]  # Per evaluation split: each target text, untouched.
     options: DataOptions
     layout: HostLayout
+    data_format: str  # "pairs", "prompt_completion" or "text".
+    eval_bytes: dict[str, int]  # "text" only: per evaluation split, the bytes it covers.
 
     @property
     def eval_splits(self) -> tuple[str, ...]:
@@ -98,11 +109,26 @@ def create_datasets(
     if process_index is None or process_count is None:
         process_index, process_count = hosts.process_index_and_count()
     layout = HostLayout(num_local_devices, process_index, process_count)
+    # The one place where the format changes how data are read: a language model reads a
+    # text stream through windows, not example by example.
+    if data_format(options).name == "text" and options.dataset in text_stream.STREAM_DATASETS:
+        return create_stream_datasets(options, workdir, layout)
+    return create_example_datasets(options, workdir, layout)
 
-    text = sources.load_text(options, workdir, process_index)
+
+def create_example_datasets(options: DataOptions, workdir: str, layout: HostLayout) -> Datasets:
+    """Data read example by example: pairs, prompt -> completion rows, or lines of text."""
+    text = sources.load_text(options, workdir, layout.process_index)
     if "train" not in text.splits:
         raise DataError(f"config.dataset={options.dataset!r} has no train split.")
-    tokenizer = make_tokenizer(options, text, workdir, process_index)
+    train = text.splits["train"]
+    tokenizer = make_tokenizer(
+        options,
+        text.cache_name,
+        lambda: tokenizers.corpus(train.pairs(), options.sentencepiece_max_corpus_chars),
+        workdir,
+        layout.process_index,
+    )
 
     reports = {"train": train_length_report(text, tokenizer, options, workdir, layout)}
     if reports["train"].kept == 0:
@@ -117,9 +143,13 @@ def create_datasets(
             eval_examples[split], eval_references[split], reports[split] = (
                 pipeline.encode_eval_split(split, pairs, tokenizer, options)
             )
-
-    train_iter = iter(pipeline.train_dataset(text.splits["train"], tokenizer, options, layout))
+    line_bytes = {  # Each line's bytes and its end, which EOS marks.
+        split: sum(len(reference.encode("utf-8")) + 1 for reference in references)
+        for split, references in eval_references.items()
+    }
+    train_iter = iter(pipeline.train_dataset(train, tokenizer, options, layout))
     first_batch_tokens = peek_real_tokens(train_iter)
+    fmt = data_format(options).name
     return Datasets(
         tokenizer=tokenizer,
         train_iter=train_iter,
@@ -129,6 +159,71 @@ def create_datasets(
         eval_references=eval_references,
         options=options,
         layout=layout,
+        data_format=fmt,
+        eval_bytes=line_bytes if fmt == "text" else {},
+    )
+
+
+def create_stream_datasets(options: DataOptions, workdir: str, layout: HostLayout) -> Datasets:
+    """Plain text for a language model: training windows, and windows tiling each held-out split."""
+    description, texts = text_stream.read_splits(options, layout.process_index)
+    train_text = texts["train"]
+    cache_name = f"{options.dataset}_{hashlib.sha256(train_text.encode()).hexdigest()[:16]}"
+    tokenizer = make_tokenizer(
+        options,
+        cache_name,
+        lambda: tokenizers.corpus(
+            (("", line) for line in train_text.splitlines(keepends=True)),
+            options.sentencepiece_max_corpus_chars,
+        ),
+        workdir,
+        layout.process_index,
+    )
+    length = options.max_target_length
+    eval_examples, eval_references, eval_bytes = {}, {}, {}
+    for split, text in texts.items():
+        if split == "train":
+            continue
+        if not text:
+            raise DataError(
+                f"The {split} split of config.dataset={options.dataset!r} is empty: give a "
+                "longer train_file, or set config.eval_file."
+            )
+        windows = text_stream.eval_examples(text_stream.tokenize(tokenizer, text), length)
+        eval_examples[split] = windows
+        eval_references[split] = [tokenizer.decode(window["targets"]) for window in windows]
+        eval_bytes[split] = len(text.encode("utf-8"))
+    train_tokens = text_stream.tokenize(tokenizer, train_text)
+    train_iter = iter(text_stream.train_dataset(train_tokens, options, layout))
+    rows = [layout.num_devices, options.per_device_batch_size, length]
+    eval_rows = [layout.num_devices, options.eval_batch_size, length]
+    info = "\n".join(
+        [
+            f"data: {description}",
+            f"tokenizer: {options.tokenizer}, vocab_size {tokenizer.vocab_size}",
+            f"tokens: train {len(train_tokens):,}, "
+            + ", ".join(
+                f"{split} {sum(len(w['targets']) for w in windows):,} ({eval_bytes[split]:,} bytes)"
+                for split, windows in eval_examples.items()
+            ),
+            f"train batches: targets and loss_weights {rows}, windows of {length} tokens at "
+            f"shuffled offsets, seed {options.seed}; host {layout.process_index + 1} of "
+            f"{layout.process_count}",
+            f"eval batches: {eval_rows}, windows tiling each split (each token once; a "
+            "window's first token is predicted from BOS alone), all-zero rows after the last",
+        ]
+    )
+    return Datasets(
+        tokenizer=tokenizer,
+        train_iter=train_iter,
+        info=info,
+        length_reports={},
+        eval_examples=eval_examples,
+        eval_references=eval_references,
+        options=options,
+        layout=layout,
+        data_format="text",
+        eval_bytes=eval_bytes,
     )
 
 
@@ -141,19 +236,20 @@ def peek_real_tokens(train_iter: grain.DatasetIterator) -> tuple[int, int]:
 
 
 def make_tokenizer(
-    options: DataOptions, text: sources.TextData, workdir: str, process_index: int
+    options: DataOptions,
+    cache_name: str,
+    corpus: Callable[[], Iterable[str]],
+    workdir: str,
+    process_index: int,
 ) -> Tokenizer:
-    """The byte tokenizer, or the SentencePiece model of this dataset in the workdir."""
+    """The byte tokenizer, or the SentencePiece model of this dataset in the workdir.
+
+    SentencePiece is trained on `corpus()` the first time, and saved under `cache_name`.
+    """
     if options.tokenizer == "byte":
         return tokenizers.ByteTokenizer()
-    path = pathlib.Path(workdir) / f"sentencepiece_{text.cache_name}_{options.vocab_size}.model"
-    train = text.splits["train"]
-    return tokenizers.load_or_train_sentencepiece(
-        path,
-        lambda: tokenizers.corpus(train.pairs(), options.sentencepiece_max_corpus_chars),
-        options.vocab_size,
-        process_index,
-    )
+    path = pathlib.Path(workdir) / f"sentencepiece_{cache_name}_{options.vocab_size}.model"
+    return tokenizers.load_or_train_sentencepiece(path, corpus, options.vocab_size, process_index)
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer:
@@ -188,7 +284,8 @@ def train_length_report(
     """
     tokenizer_name = "byte" if options.tokenizer == "byte" else f"sp{options.vocab_size}"
     path = pathlib.Path(workdir) / (
-        f"train_lengths_{text.cache_name}_{tokenizer_name}_{options.max_source_length}x"
+        f"train_lengths_{text.cache_name}_{data_format(options).name}_{tokenizer_name}_"
+        f"{options.max_source_length}x"
         f"{options.max_target_length}_host{layout.process_index}of{layout.process_count}.json"
     )
     if path.exists():
@@ -214,26 +311,30 @@ def describe(
     first_batch_tokens: tuple[int, int],
 ) -> str:
     """A few lines for the log: what the data are and what the batches look like."""
-    lengths = (options.max_source_length, options.max_target_length)
+    lengths = pipeline.max_lengths(options)  # Per feature of the data format.
     train_rows = [layout.num_devices, options.per_device_batch_size]
-    rows = layout.num_devices * options.per_device_batch_size
-    slots = (rows * lengths[0], rows * lengths[1])
-    real = first_batch_tokens
     eval_rows = [layout.num_devices, options.eval_batch_size]
+    rows = layout.num_devices * options.per_device_batch_size
+    real = dict(zip(("inputs", "targets"), first_batch_tokens, strict=True))
+    slots = {key: rows * lengths[key] for key in real if key in lengths}
+    real_line = ", ".join(
+        f"{key} {real[key]:,} of {count:,} slots ({real[key] / count:.0%})"
+        for key, count in slots.items()
+    )
     (source, target), *_ = text.splits["train"].read([0])
     lines = [
-        f"data: {text.description}",
+        f"data: {text.description}; format {data_format(options).name}",
         f"tokenizer: {options.tokenizer}, vocab_size {tokenizer.vocab_size}",
-        f"max lengths with EOS: source {lengths[0]}, target {lengths[1]}; longer examples:",
+        f"max lengths with EOS: {lengths}; longer examples:",
         *(f"  {report}" for report in reports.values()),
-        f"train batches: inputs {[*train_rows, lengths[0]]}, targets {[*train_rows, lengths[1]]}"
-        f", {'packed' if options.pack_examples else 'one example per row'}, shuffle seed "
+        "train batches: "
+        + ", ".join(f"{key} {[*train_rows, length]}" for key, length in lengths.items())
+        + f", {'packed' if options.pack_examples else 'one example per row'}, shuffle seed "
         f"{options.seed}; host {layout.process_index + 1} of {layout.process_count}",
-        f"real tokens in the first train batch (this host): source {real[0]:,} of {slots[0]:,} "
-        f"slots ({real[0] / slots[0]:.0%}), target {real[1]:,} of {slots[1]:,} "
-        f"({real[1] / slots[1]:.0%})",
-        f"eval batches: inputs {[*eval_rows, lengths[0]]}, targets {[*eval_rows, lengths[1]]}, "
-        "one example per row, all-zero rows after the last",
+        f"real tokens in the first train batch (this host): {real_line}",
+        "eval batches: "
+        + ", ".join(f"{key} {[*eval_rows, length]}" for key, length in lengths.items())
+        + ", one example per row, all-zero rows after the last",
         f"example: {source!r} -> {target!r}",
     ]
     return "\n".join(lines)

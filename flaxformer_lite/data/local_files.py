@@ -178,7 +178,7 @@ def builder_config(options: DataOptions) -> LocalFilesConfig:
         paths = tuple(getattr(options, name) for name in names)
         if split == "train" or paths[0] is not None:
             split_files[split] = tuple(
-                _checked_path(name, path, format_name)
+                checked_path(name, path, format_name)
                 for name, path in zip(names, paths, strict=True)
             )
     files = ", ".join(f"{split} {' + '.join(paths)}" for split, paths in split_files.items())
@@ -216,7 +216,7 @@ def _fingerprint(format_name: str, split_files: dict[str, tuple[str, ...]]) -> s
     return digest.hexdigest()[:16]
 
 
-def _checked_path(option: str, path: str | None, format_name: str) -> str:
+def checked_path(option: str, path: str | None, format_name: str) -> str:
     layout = LINE_FORMATS[format_name]
     if path is None:
         raise DataError(

@@ -24,6 +24,10 @@ MAX_SYNTHETIC_SYMBOLS = 62  # digits, upper- and lower-case letters
 class DataOptions:
     """The data fields of the config; `configs/default.py` gives each its default."""
 
+    # The model family ("encoder_decoder", "decoder_only"): it decides the data format,
+    # the fields of a batch (data/formats.py).
+    model: str
+
     # What to read. `dataset` is a synthetic task ("copy", "reverse", "sort", "addition"), a
     # local-file format ("tsv", "aligned", "text", "classification") or a catalog name
     # ("wmt14_translate/de-en", "ted_hrlr_translate/pt_to_en", "tiny_shakespeare", "lm1b",

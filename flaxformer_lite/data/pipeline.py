@@ -14,14 +14,20 @@ apply: no example is dropped, an over-long one is cut to the limits (the source 
 reads, the target of the teacher-forced loss), and generated text is scored against the
 untouched reference text (`encode_eval_split`).
 
-A batch is a dict of int32 arrays, each of shape [num_local_devices, per_device_batch, length]:
+A batch is a dict of arrays, each of shape [num_local_devices, per_device_batch, length];
+which ones, `config.model` decides through the data format (data/formats.py):
 
-    inputs, targets                 token ids; each sequence ends in EOS, PAD (0) follows
-    *_segmentation                  1, 2, 3... for the examples packed in a row, 0 on padding
-    *_position                      0, 1, 2... restarting in every example, 0 on padding
+    encoder_decoder ("pairs")       inputs, targets (int32)
+    decoder_only (prompt_completion and text)
+                                    targets (int32), loss_weights (float32: 1.0 where the
+                                    token counts in the loss, 0.0 on prompts and padding)
+    every token feature X           X_segmentation: 1, 2, 3... for the examples packed in a
+                                    row, 0 on padding; X_position: 0, 1, 2... restarting in
+                                    every example, 0 on padding
 
-Targets do not start with BOS: the model's `shift_right` puts BOS in front of the decoder
-inputs.
+Token sequences end in EOS, PAD (0) follows. Targets do not start with BOS: the model's
+`shift_right` puts BOS in front of the decoder inputs, and a packed row restarts at BOS
+wherever `targets_position` is 0.
 """
 
 from __future__ import annotations
@@ -35,15 +41,13 @@ from typing import TypeVar
 import grain
 import numpy as np
 
+from flaxformer_lite.data.formats import Example, data_format
 from flaxformer_lite.data.options import DataOptions
 from flaxformer_lite.data.splits import READ_BLOCK_SIZE, TextSplit
 from flaxformer_lite.data.tokenizers import Tokenizer
-from flaxformer_lite.special_tokens import EOS_ID, PAD_ID
+from flaxformer_lite.special_tokens import PAD_ID
 
-Example = dict[str, np.ndarray]  # {"inputs": [n] int32, "targets": [m] int32}, each ending in EOS.
-FEATURES = ("inputs", "targets")
 T = TypeVar("T")
-EMPTY_EXAMPLE: Example = {key: np.zeros(0, np.int32) for key in FEATURES}  # Pads to a zero row.
 EVALUATION_POLICY = "evaluate every example"  # A `LengthReport.policy` beside filter/truncate.
 POLICY_OUTCOMES = {
     "filter": "dropped",
@@ -83,26 +87,25 @@ class HostLayout:
 
 
 def max_lengths(options: DataOptions) -> dict[str, int]:
-    return {"inputs": options.max_source_length, "targets": options.max_target_length}
+    """The row length of every feature of the data format `options` select."""
+    return data_format(options).lengths(options)
 
 
-def encode(tokenizer: Tokenizer, pair: tuple[str, str]) -> Example:
-    """A (source, target) text pair -> {"inputs", "targets"} token ids, each ending in EOS."""
-    return {
-        key: np.array([*tokenizer.encode(text), EOS_ID], np.int32)
-        for key, text in zip(FEATURES, pair, strict=True)
-    }
+def empty_example(options: DataOptions) -> Example:
+    """An example without tokens: it pads to an all-zero row."""
+    return {key: np.zeros(0, np.int32) for key in max_lengths(options)}
 
 
 class ReadAndEncode(grain.transforms.Map):
     """A block of record indices -> the tokenised examples at those indices, in one read."""
 
-    def __init__(self, split: TextSplit, tokenizer: Tokenizer):
+    def __init__(self, split: TextSplit, tokenizer: Tokenizer, options: DataOptions):
         self._split = split
         self._tokenizer = tokenizer
+        self._encode = data_format(options).encode
 
     def map(self, indices: np.ndarray) -> list[Example]:
-        return [encode(self._tokenizer, pair) for pair in self._split.read(indices)]
+        return [self._encode(self._tokenizer, pair) for pair in self._split.read(indices)]
 
 
 class Unbatch(grain.experimental.FlatMapTransform):
@@ -123,11 +126,11 @@ def fits(lengths: dict[str, int], example: Example) -> bool:
 
 
 def truncate(lengths: dict[str, int], example: Example) -> Example:
-    """Cuts each sequence to its limit, keeping EOS as its last token."""
+    """Cuts each feature to its limit, keeping its last element: EOS, or the weight of EOS."""
     cut = {}
     for key, length in lengths.items():
-        ids = example[key]
-        cut[key] = ids if len(ids) <= length else np.append(ids[: length - 1], EOS_ID)
+        values = example[key]
+        cut[key] = values if len(values) <= length else np.append(values[: length - 1], values[-1])
     return cut
 
 
@@ -140,25 +143,28 @@ def apply_length_policy(examples: grain.IterDataset, options: DataOptions) -> gr
 
 
 def pad(lengths: dict[str, int], example: Example) -> dict[str, np.ndarray]:
-    """One example alone in a row: its ids, segment 1 and positions 0.. , then zeros. [length]"""
+    """One example alone in a row: its values, then zeros. [length]
+
+    Token features also get segment 1 and positions 0, 1, ... over the example; loss weights
+    keep their float32 values.
+    """
     row = {}
     for key, length in lengths.items():
-        ids, segmentation, position = np.zeros((3, length), np.int32)
-        count = len(example[key])
-        ids[:count] = example[key]
-        segmentation[:count] = 1
-        position[:count] = np.arange(count)
-        row[key] = ids
-        row[f"{key}_segmentation"] = segmentation
-        row[f"{key}_position"] = position
+        values = example[key]
+        row[key] = np.zeros(length, np.float32 if key == "loss_weights" else np.int32)
+        row[key][: len(values)] = values
+        if key != "loss_weights":
+            row[f"{key}_segmentation"] = (np.arange(length) < len(values)).astype(np.int32)
+            row[f"{key}_position"] = np.where(row[f"{key}_segmentation"], np.arange(length), 0)
     return row
 
 
-def rename_packing_features(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """grain's names for the packing features -> the names the model reads."""
-    renamed = {}
-    for key in FEATURES:
-        renamed[key] = row[key]
+def rename_packing_features(sequences: tuple[str, ...], row: dict[str, np.ndarray]):
+    """grain's packed row -> the names the model reads; the weights' own segments dropped."""
+    renamed = {
+        key: value for key, value in row.items() if key in sequences or key == "loss_weights"
+    }
+    for key in sequences:
         renamed[f"{key}_segmentation"] = row[f"{key}_segment_ids"]
         renamed[f"{key}_position"] = row[f"{key}_positions"]
     return renamed
@@ -183,7 +189,7 @@ def train_dataset(
     # Shuffle and repeat the record indices, then read and tokenise them a block at a time.
     indices = grain.MapDataset.source(host_shard(range(len(split)), layout))
     indices = indices.shuffle(seed=options.seed).repeat()
-    blocks = indices.batch(READ_BLOCK_SIZE).map(ReadAndEncode(split, tokenizer))
+    blocks = indices.batch(READ_BLOCK_SIZE).map(ReadAndEncode(split, tokenizer, options))
     examples = grain.experimental.FlatMapIterDataset(
         blocks.to_iter_dataset(READ_OPTIONS), Unbatch()
     )
@@ -191,9 +197,17 @@ def train_dataset(
     if options.pack_examples:
         rows_of_examples = grain.experimental.FirstFitPackIterDataset(
             examples, length_struct=lengths, num_packing_bins=rows, shuffle_bins=False
-        ).map(rename_packing_features)
+        ).map(functools.partial(rename_packing_features, data_format(options).sequences))
     else:
         rows_of_examples = examples.map(functools.partial(pad, lengths))
+    return batch_and_prefetch(rows_of_examples, options, layout)
+
+
+def batch_and_prefetch(
+    rows_of_examples: grain.IterDataset, options: DataOptions, layout: HostLayout
+) -> grain.IterDataset:
+    """Rows -> [devices, per_device_batch, length] batches, made ahead of the training step."""
+    rows = layout.num_devices * options.per_device_batch_size
     batches = rows_of_examples.batch(rows, drop_remainder=True)
     batches = batches.map(functools.partial(split_devices, layout.num_devices))
     if options.grain_worker_count:
@@ -215,7 +229,7 @@ def encode_eval_split(
     """
     lengths = max_lengths(options)
     pairs = list(split.pairs())
-    encoded = [encode(tokenizer, pair) for pair in pairs]
+    encoded = [data_format(options).encode(tokenizer, pair) for pair in pairs]
     overlong = sum(is_overlong(lengths, example) for example in encoded)
     report = LengthReport(split_name, len(encoded), overlong, EVALUATION_POLICY)
     references = [target for _, target in pairs]
@@ -227,6 +241,7 @@ def scan_lengths(
 ) -> LengthReport:
     """The `LengthReport` of pairs too many to keep in memory, read once."""
     lengths = max_lengths(options)
+    encode = data_format(options).encode
     examples = overlong = 0
     for pair in pairs:
         examples += 1
@@ -240,12 +255,18 @@ def eval_dataset(
     """Padded, fixed-shape batches holding each example once: this host's share of them."""
     rows = layout.num_devices * options.eval_batch_size
     batches_per_host = math.ceil(len(examples) / (rows * layout.process_count))
-    padding = [EMPTY_EXAMPLE] * (batches_per_host * rows * layout.process_count - len(examples))
+    padding = [empty_example(options)] * (
+        batches_per_host * rows * layout.process_count - len(examples)
+    )
     shard = grain.MapDataset.source(host_shard(examples + padding, layout))
     batches = shard.map(functools.partial(pad, max_lengths(options))).batch(rows)
     return batches.map(functools.partial(split_devices, layout.num_devices))
 
 
 def real_tokens(batch: dict[str, np.ndarray]) -> tuple[int, int]:
-    """The (source, target) tokens of a batch that are not padding: what a step learns from."""
-    return int(np.sum(batch["inputs"] != PAD_ID)), int(np.sum(batch["targets"] != PAD_ID))
+    """The (source, target) tokens of a batch that are not padding: what a step learns from.
+
+    A decoder-only batch has no source: its prompts are part of `targets`.
+    """
+    sources = batch.get("inputs", np.zeros(0, np.int32))
+    return int(np.sum(sources != PAD_ID)), int(np.sum(batch["targets"] != PAD_ID))

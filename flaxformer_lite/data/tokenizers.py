@@ -1,13 +1,18 @@
 """Tokenizers: text to token ids and back.
 
 Both tokenizers share the special ids of `flaxformer_lite.special_tokens` (PAD=0, EOS=1,
-BOS=2, UNK=3) and the same small interface, the `Tokenizer` protocol:
+BOS=2, UNK=3, SEP=4, CLS=5, MASK=6) and the same small interface, the `Tokenizer` protocol:
 
-    encode(text) -> ids        no EOS added; the pipeline appends it
-    decode(ids)  -> text       stops at the first EOS, skips PAD and BOS
+    encode(text) -> ids        no EOS added; the pipeline appends it (and inserts SEP)
+    decode(ids)  -> text       stops at the first EOS, skips PAD, BOS, SEP, CLS and MASK
     vocab_size                 the number of ids; the model's embedding size comes from here
 
-`ByteTokenizer` needs no training: one id per UTF-8 byte, so any text round-trips exactly.
+No text encodes to a special id, so data cannot forge one. `decode` leaves SEP out rather
+than showing a separator: the decoded prompt of `source SEP target` is the source text as
+written, and a completion decodes to exactly the reference text it is compared with.
+
+`ByteTokenizer` needs no training: one id per UTF-8 byte, so any text round-trips exactly, and
+ASCII text is modelled one character per token.
 `SentencePieceTokenizer` is trained on the training split, once: process 0 trains it and
 saves it in the workdir, the other processes (and every resumed run) load that file.
 """
@@ -24,9 +29,17 @@ import sentencepiece as spm
 
 from flaxformer_lite.data import hosts
 from flaxformer_lite.data.errors import DataError
-from flaxformer_lite.special_tokens import BOS_ID, EOS_ID, NUM_SPECIAL_TOKENS, PAD_ID, UNK_ID
+from flaxformer_lite.special_tokens import (
+    BOS_ID,
+    EOS_ID,
+    NUM_SPECIAL_TOKENS,
+    PAD_ID,
+    RESERVED_PIECES,
+    UNK_ID,
+)
 
 REPLACEMENT_CHARACTER = "\ufffd"  # How `decode` shows an id that stands for no text.
+SILENT_IDS = frozenset({PAD_ID, BOS_ID, *RESERVED_PIECES})  # Markers that `decode` skips.
 
 
 class Tokenizer(Protocol):
@@ -41,12 +54,12 @@ class Tokenizer(Protocol):
 
 
 def _content_ids(ids: Iterable[int]) -> Iterator[int]:
-    """The ids up to the first EOS, without PAD and BOS."""
+    """The ids up to the first EOS, without the markers of `SILENT_IDS`."""
     for token in ids:
         token = int(token)
         if token == EOS_ID:
             return
-        if token not in (PAD_ID, BOS_ID):
+        if token not in SILENT_IDS:
             yield token
 
 
@@ -71,7 +84,11 @@ class ByteTokenizer:
 
 
 class SentencePieceTokenizer:
-    """A SentencePiece model whose first four ids are the special tokens."""
+    """A SentencePiece model whose first `NUM_SPECIAL_TOKENS` ids are the special tokens.
+
+    SEP, CLS and MASK are control symbols: reserved ids that no text encodes to and that
+    decode to nothing.
+    """
 
     def __init__(self, model_proto: bytes):
         self._processor = spm.SentencePieceProcessor(model_proto=model_proto)
@@ -85,6 +102,13 @@ class SentencePieceTokenizer:
             raise DataError(
                 f"SentencePiece model has special ids (pad, eos, bos, unk) = {specials}, not "
                 f"{(PAD_ID, EOS_ID, BOS_ID, UNK_ID)}: delete it so that it is trained again."
+            )
+        reserved = {i: self._processor.id_to_piece(i) for i in RESERVED_PIECES}
+        if reserved != RESERVED_PIECES or not all(map(self._processor.is_control, reserved)):
+            raise DataError(
+                f"SentencePiece model has pieces {reserved} where the control symbols "
+                f"{RESERVED_PIECES} belong (a model trained before they were reserved): delete "
+                "it so that it is trained again."
             )
 
     @property
@@ -133,6 +157,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int) -> bytes:
             eos_id=EOS_ID,
             bos_id=BOS_ID,
             unk_id=UNK_ID,
+            control_symbols=list(RESERVED_PIECES.values()),  # ids 4, 5, 6, in that order
             byte_fallback=True,
             character_coverage=1.0,
             normalization_rule_name="identity",

@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 
 from flaxformer_lite.data import create_datasets, pipeline, tokenizers
-from flaxformer_lite.special_tokens import BOS_ID, EOS_ID, PAD_ID
+from flaxformer_lite.special_tokens import BOS_ID, EOS_ID, NUM_SPECIAL_TOKENS, PAD_ID
 
 KEYS = {
     f"{key}{suffix}"
@@ -37,7 +37,7 @@ def test_batches_follow_the_trainer_contract(reverse_workdir, make_config):
         max_target_length=32,
     )
     data = create_datasets(config, reverse_workdir, num_local_devices=2)
-    assert data.tokenizer.vocab_size == 260
+    assert data.tokenizer.vocab_size == NUM_SPECIAL_TOKENS + 256
     batch = next(data.train_iter)
     first_batch_tokens = pipeline.real_tokens(batch)  # The info line peeked at this batch.
     assert set(batch) == KEYS

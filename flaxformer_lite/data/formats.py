@@ -1,0 +1,105 @@
+"""Data formats: the rows each model family reads, chosen once from `config.model`.
+
+A format says how a (source, target) text pair becomes an example, and how long each of
+its features may be:
+
+    pairs              encoder-decoder   inputs  = source EOS
+                                         targets = target EOS
+    prompt_completion  decoder-only      targets      = source SEP target EOS
+                                         loss_weights =   0 ..0  0   1 ..1  1
+    text               decoder-only      targets      = text EOS (a line of a corpus), or
+                                         a window of a token stream (data/text_stream.py)
+                                         loss_weights = 1 everywhere
+
+`config.model` and the kind of the dataset (pairs of texts, or plain text) pick the
+format through `MODEL_FORMATS`, and nothing downstream asks again: the pipeline reads the
+encoder and the lengths from the `DataFormat`. Language-model rows are `max_target_length`
+tokens long; every feature of a row is padded, cut and packed alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from flaxformer_lite.data.errors import DataError
+from flaxformer_lite.data.options import DataOptions
+from flaxformer_lite.data.tokenizers import Tokenizer
+from flaxformer_lite.special_tokens import EOS_ID, SEP_ID
+
+Example = dict[str, np.ndarray]  # Feature name -> [n] ids (int32) or weights (float32).
+
+# Datasets of plain text: a language model learns the text itself, with no source.
+PLAIN_TEXT_DATASETS = ("text", "tiny_shakespeare", "lm1b")
+
+
+def encode_pair(tokenizer: Tokenizer, pair: tuple[str, str]) -> Example:
+    """(source, target) -> {"inputs": source EOS, "targets": target EOS}."""
+    source, target = pair
+    return {
+        "inputs": np.array([*tokenizer.encode(source), EOS_ID], np.int32),
+        "targets": np.array([*tokenizer.encode(target), EOS_ID], np.int32),
+    }
+
+
+def encode_prompt_completion(tokenizer: Tokenizer, pair: tuple[str, str]) -> Example:
+    """(source, target) -> source SEP target EOS, weighted 0 on source and SEP, 1 after."""
+    prompt = [*tokenizer.encode(pair[0]), SEP_ID]
+    completion = [*tokenizer.encode(pair[1]), EOS_ID]
+    return {
+        "targets": np.array(prompt + completion, np.int32),
+        "loss_weights": np.repeat(np.float32([0, 1]), [len(prompt), len(completion)]),
+    }
+
+
+def encode_document(tokenizer: Tokenizer, pair: tuple[str, str]) -> Example:
+    """(_, text) -> text EOS, every token weighted 1: a line of a plain-text corpus."""
+    targets = np.array([*tokenizer.encode(pair[1]), EOS_ID], np.int32)
+    return {"targets": targets, "loss_weights": np.ones(len(targets), np.float32)}
+
+
+def pair_lengths(options: DataOptions) -> dict[str, int]:
+    return {"inputs": options.max_source_length, "targets": options.max_target_length}
+
+
+def language_model_lengths(options: DataOptions) -> dict[str, int]:
+    return {"targets": options.max_target_length, "loss_weights": options.max_target_length}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFormat:
+    """How text pairs become the examples of one model family."""
+
+    name: str
+    encode: Callable[[Tokenizer, tuple[str, str]], Example]
+    lengths: Callable[[DataOptions], dict[str, int]]  # The row length of each feature.
+    # The token features: each gets `_segmentation` and `_position` in a row. The others
+    # (loss_weights) are float32 and follow the token feature of the same length.
+    sequences: tuple[str, ...] = ("targets",)
+
+
+FORMATS = {
+    "pairs": DataFormat("pairs", encode_pair, pair_lengths, sequences=("inputs", "targets")),
+    "prompt_completion": DataFormat(
+        "prompt_completion", encode_prompt_completion, language_model_lengths
+    ),
+    "text": DataFormat("text", encode_document, language_model_lengths),
+}
+# config.model -> {the dataset's kind -> the format its batches take}.
+MODEL_FORMATS = {
+    "encoder_decoder": {"pairs": "pairs", "plain_text": "pairs"},
+    "decoder_only": {"pairs": "prompt_completion", "plain_text": "text"},
+}
+
+
+def data_format(options: DataOptions) -> DataFormat:
+    """The format `options.model` reads, for the kind of data `options.dataset` holds."""
+    if options.model not in MODEL_FORMATS:
+        raise DataError(
+            f"config.model={options.model!r} has no data format: choose one of "
+            f"{tuple(MODEL_FORMATS)}."
+        )
+    kind = "plain_text" if options.dataset in PLAIN_TEXT_DATASETS else "pairs"
+    return FORMATS[MODEL_FORMATS[options.model][kind]]
