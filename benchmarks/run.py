@@ -1,13 +1,15 @@
 """Run the benchmark suite on this machine: one table, then one key=value line per headline.
 
     python benchmarks/run.py                   # everything (~10 minutes on a 2-core CPU)
-    python benchmarks/run.py --only train      # one part: train, compile, memory, decode, data
+    python benchmarks/run.py --only train      # one part: train, lm, compile, memory, decode, data
     python benchmarks/run.py --only default_seeds   # on request only (~10 minutes)
 
 Parts:
   train    train step on the bench workload vs the PyTorch peer (alternated,
            medians), model FLOPs per step, achieved FLOP/s, MFU against a
            matmul ceiling measured in the same run
+  lm       decoder-only LM train step vs the PyTorch GPT peer on two workloads
+           (benchmarks/lm_speed.py): tokens/s ratio and MFU
   compile  compile time of the train step at 2 and 12 layers, scanned and not
   memory   peak memory of a 12-layer model with each remat policy
   decode   benchmarks/decode_speed.py, when present
@@ -39,6 +41,7 @@ import compile_time
 import default_seeds
 import host_malloc
 import jax
+import lm_speed
 import memory
 import train_speed
 import workload
@@ -46,6 +49,7 @@ import workload
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARTS = {
     "train": train_speed.run,
+    "lm": lm_speed.run,
     "compile": compile_time.run,
     "memory": memory.run,
 }
@@ -54,6 +58,8 @@ ON_REQUEST_PARTS = {"default_seeds": default_seeds.run}  # run with --only, neve
 HEADLINES = (
     "train_ratio_vs_torch",
     "mfu",
+    "lm_ratio_vs_torch",
+    "lm_mfu",
     "compile_ratio_12_vs_2",
     "remat_full_peak_ratio",
     "decode_cache_speedup",
