@@ -1,0 +1,275 @@
+r"""Generate text with a trained language model: `python -m flaxformer_lite.generate --workdir=DIR`.
+
+    python -m flaxformer_lite.generate --workdir=DIR --prompt="ROMEO:" \
+        --max_new_tokens=300 --temperature=0.8 --top_k=50 [--top_p=0.9 --seed=1 --num_samples=3]
+
+The model, its tokenizer and its parameters come from a decoder-only training
+run's workdir. The text is printed token by token as the model writes it: the
+whole generation is one compiled call (`decoding.prefill_lm`, then
+`decoding.temperature_sample` over the KV cache), and the decoding loop hands
+every token it reads back to the host as it goes.
+
+The model's context is `max_len` positions, BOS included. A prompt must leave
+room for BOS and one new token (at most max_len - 1 tokens), or it is refused
+with a one-line error. Generation past the context slides the window: the
+next call re-reads the last 3/4 of the context and writes the remaining 1/4,
+so the model always sees at least 3/4 of a context of text. Greedy output
+(--temperature=0) within the context is exactly `decoding.generate`'s.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from flaxformer_lite.config import ConfigError
+from flaxformer_lite.data import DataError
+from flaxformer_lite.data.tokenizers import REPLACEMENT_CHARACTER
+from flaxformer_lite.decoding import make_lm_tokens_to_logits, prefill_lm, temperature_sample
+from flaxformer_lite.special_tokens import EOS_ID
+from flaxformer_lite.trained_run import load_trained_run
+from flaxformer_lite.training.checkpoint import CheckpointError
+
+TokenListener = Callable[[int], None]
+
+
+class GenerationError(ValueError):
+    """A prompt or option generation cannot work; the one-line message names the fix."""
+
+
+def check_options(*, max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+    """Raises GenerationError naming the first bad option, before anything compiles."""
+    if max_new_tokens < 1:
+        raise GenerationError(f"--max_new_tokens={max_new_tokens}: generate at least 1 token.")
+    if temperature < 0.0:
+        raise GenerationError(f"--temperature={temperature}: use 0 (greedy) or more.")
+    if top_k < 0:
+        raise GenerationError(f"--top_k={top_k}: use 0 (no cut) or a positive count.")
+    if not 0.0 < top_p <= 1.0:
+        raise GenerationError(f"--top_p={top_p}: use a value in (0, 1]; 1 keeps every token.")
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("model", "max_decode_len", "temperature", "top_k", "top_p", "report"),
+)
+def _continue_window(
+    model, params, window, rng, *, max_decode_len, temperature, top_k, top_p, report
+):
+    """window (1, W) -> tokens (1, max_decode_len): the window, what follows it, EOS, PAD.
+
+    `report(token)` runs on the host for every new token the loop feeds back
+    to the model, in order: all but the last one written. None reports nothing.
+    """
+    step = make_lm_tokens_to_logits(model, params)
+
+    def step_and_report(tokens, cache):  # tokens (1, 1): the token just chosen
+        if report is not None:
+            jax.debug.callback(report, tokens[0, 0], ordered=True)
+        return step(tokens, cache)
+
+    start = prefill_lm(model, params, window, max_decode_len=max_decode_len)
+    return temperature_sample(
+        step_and_report, start, rng, temperature=temperature, top_k=top_k, top_p=top_p
+    )
+
+
+class LanguageModel:
+    """A trained decoder-only run, ready to continue prompts."""
+
+    def __init__(self, workdir: str, step: int | None = None):
+        run = load_trained_run(workdir, step, family="decoder_only")
+        self.tokenizer, self.params = run.tokenizer, run.params
+        self.model = run.family.module
+        self.context = self.model.config.max_len  # positions, BOS included
+        # The listener of the current window call, how many ids it may take, how many it got.
+        self._listener: TokenListener | None = None
+        self._limit = self._reported = 0
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """The prompt's token ids; GenerationError if BOS, it and one new token overflow."""
+        ids = self.tokenizer.encode(prompt)
+        if len(ids) > self.context - 1:
+            raise GenerationError(
+                f"The prompt is {len(ids)} tokens and the model's context holds "
+                f"{self.context} positions (BOS, the prompt and at least one new token): "
+                f"shorten the prompt to at most {self.context - 1} tokens."
+            )
+        return ids
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        rng: jax.Array | None = None,
+        on_token: TokenListener | None = None,
+    ) -> list[int]:
+        """The new token ids: max_new_tokens of them, or fewer ending with EOS.
+
+        temperature=0 is greedy search; otherwise tokens are sampled with `rng`.
+        `on_token(id)` is called for each new token, in order, as soon as it is
+        chosen. Past the context, every further window call starts from the last
+        `context - slide` tokens and may write `slide` new ones.
+        """
+        check_options(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
+        )
+        rng = jax.random.key(0) if rng is None else rng
+        slide = max(1, self.context // 4)
+        tokens, new_ids = list(prompt_ids), []
+        window_rng, window_index = rng, 0
+        while len(new_ids) < max_new_tokens and EOS_ID not in new_ids[-1:]:
+            window = tokens[-(self.context - slide) :] if window_index else tokens
+            wanted = max_new_tokens - len(new_ids)
+            ids = self._continue(
+                window,
+                max_decode_len=min(self.context, len(window) + wanted),
+                rng=window_rng,
+                limit=wanted,
+                on_token=on_token,
+                sampling=dict(temperature=temperature, top_k=top_k, top_p=top_p),
+            )
+            tokens += ids
+            new_ids += ids
+            window_index += 1  # the first window draws with `rng` itself, as decoding.generate
+            window_rng = jax.random.fold_in(rng, window_index)
+        return new_ids
+
+    def _continue(self, window, *, max_decode_len, rng, limit, on_token, sampling) -> list[int]:
+        """At most `limit` ids that follow `window`, up to and including EOS."""
+        self._listener, self._limit, self._reported = on_token, limit, 0
+        output = _continue_window(
+            self.model,
+            self.params,
+            jnp.asarray([window], jnp.int32),
+            rng,
+            max_decode_len=max_decode_len,
+            report=None if on_token is None else self._report,
+            **sampling,
+        )
+        ids = np.asarray(output)[0, len(window) :].tolist()[:limit]
+        if EOS_ID in ids:
+            ids = ids[: ids.index(EOS_ID) + 1]
+        jax.effects_barrier()  # every report of this call has reached the host
+        if on_token is not None:
+            for token in ids[self._reported :]:  # the last one, never fed back to the model
+                on_token(token)
+        return ids
+
+    def _report(self, token) -> None:
+        """Host side of the decoding loop's callback. A bound method: jit sees one static
+        argument per LanguageModel, so reporting compiles once."""
+        if self._reported < self._limit:
+            self._listener(int(token))
+            self._reported += 1
+
+
+class TextStream:
+    """Writes a growing token sequence as text, piece by piece, to `out`.
+
+    The whole sequence is decoded again on every token (tokenizers join pieces
+    with context, e.g. SentencePiece's word-initial spaces), and a trailing
+    U+FFFD is held back while a multi-byte character may still be incomplete.
+    """
+
+    def __init__(self, tokenizer, prompt_ids: list[int], *, out):
+        self.tokenizer, self.ids, self.out = tokenizer, list(prompt_ids), out
+        self.shown = 0  # characters of the decoded text written so far
+        self._write(final=False)
+
+    def add(self, token: int) -> None:
+        self.ids.append(token)
+        self._write(final=False)
+
+    def close(self) -> None:
+        self._write(final=True)
+        self.out.write("\n")
+        self.out.flush()
+
+    def _write(self, *, final: bool) -> None:
+        text = self.tokenizer.decode(self.ids)
+        if not final:
+            text = text.rstrip(REPLACEMENT_CHARACTER)
+        self.out.write(text[self.shown :])
+        self.out.flush()
+        self.shown = max(self.shown, len(text))
+
+
+# Flags of their own: absl's global FLAGS also hold translate.py's --workdir and --step,
+# and one process (a test session, a notebook) may import both tools.
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("workdir", None, "The training run's workdir.", flag_values=FLAGS)
+flags.DEFINE_string("prompt", "", "Text to continue (empty: from BOS alone).", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "max_new_tokens", 200, "Tokens to generate per sample (fewer at EOS).", flag_values=FLAGS
+)
+flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 is greedy.", flag_values=FLAGS)
+flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens; 0 keeps all.", flag_values=FLAGS)
+flags.DEFINE_float(
+    "top_p", 1.0, "Nucleus: the smallest set of probability >= top_p.", flag_values=FLAGS
+)
+flags.DEFINE_integer("seed", 0, "The same seed draws the same samples.", flag_values=FLAGS)
+flags.DEFINE_integer("num_samples", 1, "Samples to draw, one after another.", flag_values=FLAGS)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's own flags (--help, logging) first, then generate's; a bad flag is one line."""
+    rest = flags.FLAGS(argv, known_only=True)
+    try:
+        return FLAGS(rest)
+    except flags.Error as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+SAMPLE_SEPARATOR = "-" * 40
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.ERROR)  # orbax warns about read-only restores
+    warnings.filterwarnings("ignore", message="Sharding info not provided")
+    sampling = dict(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p)
+    try:
+        if FLAGS.workdir is None:
+            raise GenerationError("--workdir is missing: name a training run's workdir.")
+        check_options(max_new_tokens=FLAGS.max_new_tokens, **sampling)
+        if FLAGS.num_samples < 1:
+            raise GenerationError(f"--num_samples={FLAGS.num_samples}: draw at least 1.")
+        language_model = LanguageModel(FLAGS.workdir, FLAGS.step)
+        prompt_ids = language_model.encode_prompt(FLAGS.prompt)
+    except (OSError, CheckpointError, ConfigError, DataError, GenerationError) as error:
+        raise SystemExit(f"error: {error}") from None  # bad input: one line, no trace
+    seed = jax.random.key(FLAGS.seed)
+    for sample in range(FLAGS.num_samples):
+        if sample:
+            print(SAMPLE_SEPARATOR)
+        stream = TextStream(language_model.tokenizer, prompt_ids, out=sys.stdout)
+        language_model.generate(
+            prompt_ids,
+            max_new_tokens=FLAGS.max_new_tokens,
+            rng=jax.random.fold_in(seed, sample),  # sample i is the same whatever num_samples
+            on_token=stream.add,
+            **sampling,
+        )
+        stream.close()
+
+
+def run():
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()
