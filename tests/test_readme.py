@@ -12,3 +12,12 @@ def test_readme_api_example_runs(capsys):
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "(1, 5, 1000) (1, 4, 5, 5)" in printed
+
+
+def test_readme_language_model_example_runs():
+    example = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
+    names = {}
+    exec(compile(example, "README.md", "exec"), names)
+    assert names["logits"].shape == (1, 6, 300)
+    out = names["out"]
+    assert out.shape == (1, 16) and out[0, :3].tolist() == [72, 101, 108]  # the prompt is kept

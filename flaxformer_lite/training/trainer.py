@@ -1,6 +1,7 @@
 """The training loop: data -> pmapped train_step -> metrics, evaluation, checkpoints."""
 
 import contextlib
+import math
 import os
 import time
 
@@ -160,23 +161,29 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
 
     def run_evaluation(step, train):
         teacher_forced = evaluate(p_eval_step, state, datasets)
-        sources, predictions, references = decode_split(family, p_predict, state.params, datasets)
-        metrics = {
-            "train_loss": train.get("loss", float("nan")),
-            "eval_loss": teacher_forced["loss"],
-            "eval_perplexity": teacher_forced["perplexity"],
-            "eval_accuracy": teacher_forced["accuracy"],
-            **generation_metrics(
-                config, datasets.tokenizer, predictions, datasets.reference_texts()
-            ),
-            "tokens_per_s": train.get("tokens_per_s", float("nan")),
-            "mfu": train.get("mfu", float("nan")),
-            "learning_rate": float(learning_rate(step - 1)),
-        }
+        metrics = {"train_loss": train["loss"]} if train else {}
+        metrics.update(
+            eval_loss=teacher_forced["loss"],
+            eval_perplexity=teacher_forced["perplexity"],
+            eval_accuracy=teacher_forced["accuracy"],
+        )
+        if datasets.eval_bytes:  # plain text: bits per byte, comparable across tokenizers
+            nll_nats = teacher_forced["nll"] * teacher_forced["tokens"]
+            metrics["eval_bits_per_byte"] = (
+                nll_nats / math.log(2) / datasets.eval_bytes["validation"]
+            )
+        examples = ([], [], [])
+        if datasets.data_format != "text":  # every example has a reference to generate
+            examples = decode_split(family, p_predict, state.params, datasets)
+            references = datasets.reference_texts()
+            metrics.update(generation_metrics(config, datasets.tokenizer, examples[1], references))
+        if train:
+            metrics.update(tokens_per_s=train["tokens_per_s"], mfu=train["mfu"])
+        metrics["learning_rate"] = float(learning_rate(step - 1))
         if config.skip_nonfinite:
             metrics["skipped_steps"] = nonfinite.skipped
         writer.write(step, metrics)
-        return metrics, (sources, predictions, references)
+        return metrics, examples
 
     def save(step):
         nonfinite.flush()  # never write the state of a step that went non-finite
