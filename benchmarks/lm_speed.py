@@ -27,6 +27,7 @@ warm-up, with one `block_until_ready` at the end.
 import argparse
 import dataclasses
 import functools
+import os
 import re
 import statistics
 import subprocess
@@ -68,8 +69,8 @@ class Workload:
 
 
 WORKLOADS = {
-    "small": Workload(layers=4, heads=4, d_model=128, length=64, batch=12, steps=100),
-    "large": Workload(layers=6, heads=6, d_model=384, length=256, batch=8, steps=8),
+    "small": Workload(layers=4, heads=4, d_model=128, length=64, batch=12, steps=30),
+    "large": Workload(layers=6, heads=6, d_model=384, length=256, batch=8, steps=5),
 }
 
 
@@ -149,8 +150,9 @@ def compare(name: str, workload: Workload, rounds: int, peer: str) -> dict:
     why_no_peer = train_speed.peer_available(peer)
     if why_no_peer:
         print(f"lm_speed: skipping the PyTorch peer: {why_no_peer}", flush=True)
-    ours, theirs, ceilings = [], [], []
+    ours, theirs, ceilings, loads = [], [], [], []
     for index in range(rounds):
+        loads.append(os.getloadavg()[0])  # other jobs share the cores: say how busy they were
         ours.append(ours_step.time(workload.steps))
         if not why_no_peer:
             theirs.append(time_peer(workload, peer))
@@ -169,6 +171,7 @@ def compare(name: str, workload: Workload, rounds: int, peer: str) -> dict:
         "achieved_gflop_per_s": achieved / 1e9,
         "matmul_ceiling_gflop_per_s_float32": statistics.median(ceilings) / 1e9,
         "mfu": achieved / statistics.median(ceilings),
+        "load_average_per_round": loads,
     }
     if theirs:
         peer_seconds = statistics.median(theirs)
@@ -180,7 +183,7 @@ def compare(name: str, workload: Workload, rounds: int, peer: str) -> dict:
     return results
 
 
-def run(rounds: int = 7, peer: str = PEER) -> dict:
+def run(rounds: int = 5, peer: str = PEER) -> dict:
     """Both workloads; the headline `lm_ratio_vs_torch` and `lm_mfu` are the large one's."""
     results = {name: compare(name, workload, rounds, peer) for name, workload in WORKLOADS.items()}
     headline = results["large"]
@@ -197,27 +200,40 @@ LEVERS = {
 }
 
 
-def measure_levers(rounds: int) -> None:
-    """Each benchmark-only setting switched off alone, compiled in this process, alternated."""
-    for name, workload in WORKLOADS.items():
+def measure_levers(rounds: int, workload_names=tuple(WORKLOADS)) -> None:
+    """Each benchmark-only setting switched off alone, compiled in this process, alternated.
+
+    Prints wall and CPU seconds per step (this process's CPU time, which ranks
+    candidates more stably than wall time when other jobs load the cores).
+    """
+    for name in workload_names:
+        workload = WORKLOADS[name]
         candidates = {"as benchmarked": OurStep(workload)}
         candidates |= {lever: OurStep(workload, **change) for lever, change in LEVERS.items()}
-        seconds = {candidate: [] for candidate in candidates}
+        wall = {candidate: [] for candidate in candidates}
+        cpu = {candidate: [] for candidate in candidates}
         for _ in range(rounds):
             for candidate, step in candidates.items():
-                seconds[candidate].append(step.time(workload.steps))
-        for candidate, values in seconds.items():
-            spread = f"{min(values):.4f}-{max(values):.4f}"
-            print(f"{name} {candidate}: median {statistics.median(values):.4f} s ({spread})")
+                cpu_start = time.process_time()
+                wall[candidate].append(step.time(workload.steps))
+                cpu[candidate].append((time.process_time() - cpu_start) / workload.steps)
+        for candidate in candidates:
+            spread = f"{min(wall[candidate]):.4f}-{max(wall[candidate]):.4f}"
+            print(
+                f"{name} {candidate}: wall median {statistics.median(wall[candidate]):.4f} s "
+                f"({spread}), CPU {statistics.median(cpu[candidate]):.4f} s per step",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--levers", action="store_true", help="time each lever off, alternated")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--workload", choices=list(WORKLOADS), help="levers on one workload")
     args = parser.parse_args()
     if args.levers:
-        measure_levers(args.rounds)
+        measure_levers(args.rounds, [args.workload] if args.workload else list(WORKLOADS))
     else:
         print(run(args.rounds))
     sys.stdout.flush()
