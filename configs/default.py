@@ -1,8 +1,10 @@
 """Default experiment: reverse a random string, built in, no download.
 
 Trains a small encoder-decoder to >= 99% exact match on held-out examples in
-a few minutes on a 2-core CPU. Every field can be overridden from the command
-line, e.g. `python train.py --config.num_train_steps=2000`.
+a few minutes on a 2-core CPU, for any seed we tried, not one lucky one:
+`python benchmarks/run.py --only default_seeds` trains it for seeds 0, 1 and 2
+(README, Results). Every field can be overridden from the command line, e.g.
+`python train.py --config.num_train_steps=2000`.
 
 This file is the one source of experiment defaults: the data pipeline and the
 trainer read every field from here (other configs start from it), and
@@ -56,7 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.d_ff = 256
     config.num_encoder_layers = 2
     config.num_decoder_layers = 2
-    config.dropout_rate = 0.1
+    # No dropout: 50,000 distinct strings, each seen about 4 times, leave little to
+    # over-fit, and threefry dropout masks are slow on CPU (benchmarks/NOTES.md).
+    config.dropout_rate = 0.0
     config.attention_dropout_rate = 0.0
     config.norm_placement = "pre"
     config.activation = "relu"
@@ -70,11 +74,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.remat_policy = "none"
     config.local_window = placeholder(int)  # unset: self-attention sees every position
 
-    # Optimisation: Adam with the paper's betas and warm-up schedule.
+    # Optimisation: Adam with the paper's betas. The learning rate warms up, then decays
+    # to 0 at the last step (cosine), so the final model settles: under the paper's rsqrt
+    # decay it was still 0.004 at step 900, and the same seed ended at 0.993 on one CPU
+    # and 0.981 on another. Cosine ends at 1.000 for seeds 0, 1 and 2.
     config.num_train_steps = 900
-    config.schedule = "rsqrt"  # rsqrt: lr = learning_rate * d^-0.5 * min(s^-0.5, s * w^-1.5)
-    config.learning_rate = 1.0  # rsqrt: exactly the paper's formula at 1.0; cosine: the peak
-    config.warmup_steps = 300
+    config.schedule = "cosine"  # rsqrt: lr = learning_rate * d^-0.5 * min(s^-0.5, s * w^-1.5)
+    config.learning_rate = 0.005  # rsqrt: exactly the paper's formula at 1.0; cosine: the peak
+    config.warmup_steps = 100
     config.adam_b1 = 0.9
     config.adam_b2 = 0.98
     config.adam_eps = 1e-9

@@ -25,6 +25,7 @@ def get_config():
     config.dropout_rate = 0.1
 
     config.num_train_steps = 20_000
+    config.schedule = "rsqrt"
     config.learning_rate = 2.0
     config.warmup_steps = 4_000
     config.log_every_steps = 100

@@ -7,7 +7,7 @@ import os
 import tempfile
 
 import pytest
-from tiny_training import TINY_TRAINING, run_train_py
+from tiny_training import LEARNING_RUN, run_train_py
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ["XLA_FLAGS"] = (
@@ -22,9 +22,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """`python train.py` for 8 tiny steps: (workdir, completed process)."""
+    """`python train.py` of the tiny model learning to copy: (workdir, completed process).
+
+    Trained once per session; the train-loop tests read its output and files, the
+    translate tests decode with its parameters (a model whose outputs differ by input).
+    """
     workdir = tmp_path_factory.mktemp("trained") / "run"
-    flags = [f"--config.{key}={value}" for key, value in TINY_TRAINING.items()]
-    result = run_train_py(f"--workdir={workdir}", "--config.num_train_steps=8", *flags)
+    flags = [f"--config.{key}={value}" for key, value in LEARNING_RUN.items()]
+    result = run_train_py(f"--workdir={workdir}", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
