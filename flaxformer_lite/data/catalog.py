@@ -10,7 +10,9 @@ Each catalog dataset is fetched with `tfds.data_source` (which downloads and pre
     imdb_reviews                 classification  review -> "neg" or "pos"
 
 Language-modelling examples ("document", "text") have an empty source, so the decoder learns
-the text unconditioned. When a dataset cannot be fetched (no network, say) the `DataError`
+the text unconditioned. A decoder-only model reads tiny_shakespeare whole instead, as one
+stream of characters cut into windows (data/text_stream.py), and lm1b's sentences as lines
+of text packed into rows. When a dataset cannot be fetched (no network, say) the `DataError`
 says so in one line, with the way to prepare it offline.
 """
 

@@ -315,11 +315,12 @@ def describe(
     train_rows = [layout.num_devices, options.per_device_batch_size]
     eval_rows = [layout.num_devices, options.eval_batch_size]
     rows = layout.num_devices * options.per_device_batch_size
-    real = dict(zip(("inputs", "targets"), first_batch_tokens, strict=True))
-    slots = {key: rows * lengths[key] for key in real if key in lengths}
+    real = dict(zip(("source", "target"), first_batch_tokens, strict=True))
+    slots = {"source": lengths.get("inputs", 0) * rows, "target": lengths["targets"] * rows}
     real_line = ", ".join(
-        f"{key} {real[key]:,} of {count:,} slots ({real[key] / count:.0%})"
-        for key, count in slots.items()
+        f"{side} {real[side]:,} of {slots[side]:,} slots ({real[side] / slots[side]:.0%})"
+        for side in real
+        if slots[side]  # A decoder-only row has no source: its prompt is in the target.
     )
     (source, target), *_ = text.splits["train"].read([0])
     lines = [

@@ -5,8 +5,10 @@ Four formats, chosen by `config.dataset`; every file is UTF-8 text, one example 
     "tsv"             train_file, eval_file           source<TAB>target
     "aligned"         source_file + target_file,      line i of one translates line i
                       eval_source_file + eval_target_file  of the other
-    "text"            train_file, eval_file           a line of text, for language modelling
-                                                      (empty source, the line as target)
+    "text"            train_file, eval_file           a line of text, for the encoder-decoder
+                                                      (empty source, the line as target); a
+                                                      decoder-only model reads the file whole
+                                                      instead (data/text_stream.py)
     "classification"  train_file, eval_file           text<TAB>label (the label as target)
 
 The eval files are optional: without them there is a train split only. Blank lines are

@@ -155,7 +155,8 @@ def pad(lengths: dict[str, int], example: Example) -> dict[str, np.ndarray]:
         row[key][: len(values)] = values
         if key != "loss_weights":
             row[f"{key}_segmentation"] = (np.arange(length) < len(values)).astype(np.int32)
-            row[f"{key}_position"] = np.where(row[f"{key}_segmentation"], np.arange(length), 0)
+            positions = np.arange(length, dtype=np.int32)
+            row[f"{key}_position"] = np.where(row[f"{key}_segmentation"], positions, 0)
     return row
 
 

@@ -53,6 +53,9 @@ def test_prompt_completion_rows_weigh_only_the_completion(reverse_workdir, make_
         check_prompt_completion_row(data.tokenizer, row, max_examples=6)
     assert (train_rows["targets_segmentation"].max(axis=1) >= 2).any()
 
+    for batch in data.eval_batches("validation"):
+        dtypes = {key: value.dtype for key, value in batch.items()}
+        assert dtypes == {key: train[key].dtype for key in LM_FIELDS}
     references = data.reference_texts("validation")
     rows = [
         {key: value[index] for key, value in flat(batch).items()}
