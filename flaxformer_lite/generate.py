@@ -30,7 +30,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from flaxformer_lite.config import ConfigError
-from flaxformer_lite.data import DataError
+from flaxformer_lite.data import DataError, DataOptions
+from flaxformer_lite.data.formats import data_format
 from flaxformer_lite.data.tokenizers import REPLACEMENT_CHARACTER
 from flaxformer_lite.decoding import make_lm_tokens_to_logits, prefill_lm, temperature_sample
 from flaxformer_lite.special_tokens import EOS_ID
@@ -89,13 +90,21 @@ class LanguageModel:
         self.tokenizer, self.params = run.tokenizer, run.params
         self.model = run.family.module
         self.context = self.model.config.max_len  # positions, BOS included
+        # SEP after the prompt when the model learned `source SEP target` rows.
+        self.prompt_suffix = data_format(DataOptions.from_config(run.config)).prompt_suffix
         # The listener of the current window call, how many ids it may take, how many it got.
         self._listener: TokenListener | None = None
         self._limit = self._reported = 0
 
+    @property
+    def writes_completions(self) -> bool:
+        """True for a prompt -> completion model: it answers a prompt, not continues it."""
+        return bool(self.prompt_suffix)
+
     def encode_prompt(self, prompt: str) -> list[int]:
-        """The prompt's token ids; GenerationError if BOS, it and one new token overflow."""
-        ids = self.tokenizer.encode(prompt)
+        """The prompt's token ids, then SEP for a prompt -> completion model;
+        GenerationError if BOS, they and one new token overflow the context."""
+        ids = [*self.tokenizer.encode(prompt), *self.prompt_suffix]
         if len(ids) > self.context - 1:
             raise GenerationError(
                 f"The prompt is {len(ids)} tokens and the model's context holds "
@@ -256,7 +265,9 @@ def main(argv):
     for sample in range(FLAGS.num_samples):
         if sample:
             print(SAMPLE_SEPARATOR)
-        stream = TextStream(language_model.tokenizer, prompt_ids, out=sys.stdout)
+        # A completion is printed alone; a continuation after its prompt.
+        shown = [] if language_model.writes_completions else prompt_ids
+        stream = TextStream(language_model.tokenizer, shown, out=sys.stdout)
         language_model.generate(
             prompt_ids,
             max_new_tokens=FLAGS.max_new_tokens,

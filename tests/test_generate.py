@@ -22,13 +22,14 @@ from flaxformer_lite.data import ByteTokenizer
 from flaxformer_lite.decoding import generate
 from flaxformer_lite.families import make_family
 from flaxformer_lite.generate import GenerationError, LanguageModel, TextStream
-from flaxformer_lite.special_tokens import EOS_ID
+from flaxformer_lite.special_tokens import EOS_ID, SEP_ID
 from flaxformer_lite.training.checkpoint import Checkpointer
 
 CONTEXT = 16
 PROMPT = "ROMEO:"
 TINY_LM = dict(
     model="decoder_only",
+    dataset="tiny_shakespeare",  # plain text: generation continues the prompt
     d_model=32,
     num_heads=2,
     d_ff=64,
@@ -215,3 +216,18 @@ def test_the_process_prints_one_error_line_and_exits_1(tmp_path):
         result = run_cli(*flags)
         assert result.returncode == 1
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_prompt_completion_model_gets_sep_after_the_prompt_and_prints_the_completion(
+    tmp_path,
+):
+    workdir = write_workdir(tmp_path / "reverse", params_scale=3.0, dataset="reverse")
+    language_model = LanguageModel(str(workdir))
+    prompt_ids = language_model.encode_prompt("0123")
+    assert prompt_ids == [*ByteTokenizer().encode("0123"), SEP_ID]  # the rows it learned
+    completion = one_shot(language_model, prompt_ids, 6)
+    out = io.StringIO()
+    stream = TextStream(language_model.tokenizer, [], out=out)
+    language_model.generate(prompt_ids, max_new_tokens=6, on_token=stream.add)
+    stream.close()
+    assert out.getvalue() == language_model.tokenizer.decode(completion) + "\n"

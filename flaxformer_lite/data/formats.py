@@ -78,12 +78,18 @@ class DataFormat:
     # The token features: each gets `_segmentation` and `_position` in a row. The others
     # (loss_weights) are float32 and follow the token feature of the same length.
     sequences: tuple[str, ...] = ("targets",)
+    # What follows a prompt's tokens before the model writes: SEP for prompt -> completion,
+    # so that generation from a user's prompt sees the rows it was trained on.
+    prompt_suffix: tuple[int, ...] = ()
 
 
 FORMATS = {
     "pairs": DataFormat("pairs", encode_pair, pair_lengths, sequences=("inputs", "targets")),
     "prompt_completion": DataFormat(
-        "prompt_completion", encode_prompt_completion, language_model_lengths
+        "prompt_completion",
+        encode_prompt_completion,
+        language_model_lengths,
+        prompt_suffix=(SEP_ID,),
     ),
     "text": DataFormat("text", encode_document, language_model_lengths),
 }
