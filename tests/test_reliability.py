@@ -18,6 +18,7 @@ import pytest
 from tiny_training import REPO, TINY_TRAINING, run_train_py
 
 from configs.default import get_config
+from flaxformer_lite.data import DataError
 from flaxformer_lite.training.checkpoint import CheckpointError, restore_params
 from flaxformer_lite.training.guards import (
     LOCK_FILE,
@@ -192,3 +193,14 @@ def test_translate_without_a_run_or_with_a_corrupt_checkpoint_says_so_in_one_lin
     assert corrupt.returncode == 1 and "Traceback" not in corrupt.stderr
     last_line = corrupt.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: Cannot read parameters of step 4")
+
+
+def test_data_without_a_validation_split_stops_before_training(tmp_path):
+    """A TSV without an eval_file used to train until the first evaluation, then crash."""
+    data = tmp_path / "pairs.tsv"
+    data.write_text("".join(f"{word}\t{word[::-1]}\n" for word in ("abc", "hello", "xyz")))
+    config = tiny_config(dataset="tsv", train_file=str(data))
+    with pytest.raises(DataError, match="no validation split.*config.eval_file") as raised:
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "\n" not in str(raised.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained, nothing saved

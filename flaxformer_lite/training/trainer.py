@@ -11,7 +11,7 @@ from flax.training.train_state import TrainState
 from tqdm import tqdm
 
 from flaxformer_lite import evaluation, flops
-from flaxformer_lite.data import create_datasets
+from flaxformer_lite.data import DataError, create_datasets
 from flaxformer_lite.experiment import ConfigError, check_config
 from flaxformer_lite.families import ModelFamily, make_family
 from flaxformer_lite.training import parallel
@@ -131,6 +131,12 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
     datasets = create_datasets(config, workdir, jax.local_device_count())
     if is_chief:
         print(datasets.info)
+    if "validation" not in datasets.eval_splits:  # say so now, not at the first evaluation
+        raise DataError(
+            f"config.dataset={config.dataset!r} gives no validation split, and evaluation "
+            "needs one: name held-out data with config.eval_file (eval_source_file and "
+            "eval_target_file for aligned files)."
+        )
     family = make_family(config, datasets.tokenizer.vocab_size)
     step_flops, peak_flops = step_flops_and_peak(family, config)
     dropout_rng = jax.random.key(config.seed, impl=prng_impl)
