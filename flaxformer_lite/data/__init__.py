@@ -27,25 +27,23 @@ where nll_sum is the unsmoothed negative log-likelihood, in nats, summed over th
 
 Modules, in the order the data flow through them:
 
-    options      the config fields the pipeline reads, and their checks
+    options      the config fields the pipeline reads, their checks, `DataError` (the
+                 one-line error for bad input), and who prepares shared files on several hosts
     formats      the data format of each model family: pairs, prompt_completion, text
     synthetic    copy / reverse / sort / addition tasks as a TFDS builder (the default data)
     local_files  TSV, aligned, plain-text and labelled files as a TFDS builder
     catalog      wmt14, ted_hrlr, tiny_shakespeare, lm1b, imdb_reviews from the TFDS catalog
-    prepared     preparing a TFDS dataset once and reading it back as ArrayRecord
-    sources      any of the above as text pairs, per split
-    splits       a split of text pairs, read a block of records at a time
+    prepared     a TFDS dataset prepared once and read back as ArrayRecord; each split as
+                 text pairs, read a block of records at a time
     tokenizers   byte-level and SentencePiece tokenizers with fixed special ids
     pipeline     grain: shard, shuffle, tokenise, length policy, pack, batch
     text_stream  plain text as one token stream: training windows, held-out tiles, bytes
-    datasets     `create_datasets` and the `Datasets` it returns
-    hosts        who prepares shared files when there are several hosts
-    errors       `DataError`, the one-line error for bad input
+    datasets     `config.dataset` looked up as text pairs per split; `create_datasets` and
+                 the `Datasets` it returns
 """
 
 from flaxformer_lite.data.datasets import Datasets, create_datasets, load_tokenizer
-from flaxformer_lite.data.errors import DataError
-from flaxformer_lite.data.options import DataOptions
+from flaxformer_lite.data.options import DataError, DataOptions
 from flaxformer_lite.data.tokenizers import ByteTokenizer, SentencePieceTokenizer, Tokenizer
 
 __all__ = [

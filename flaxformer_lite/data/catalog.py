@@ -27,9 +27,8 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from flaxformer_lite.data import prepared
-from flaxformer_lite.data.errors import DataError
-from flaxformer_lite.data.options import DataOptions
-from flaxformer_lite.data.splits import TextSplit
+from flaxformer_lite.data.options import DataError, DataOptions
+from flaxformer_lite.data.prepared import TextSplit
 
 
 @dataclasses.dataclass(frozen=True)

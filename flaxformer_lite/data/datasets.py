@@ -6,6 +6,11 @@ or loads the tokenizer, counts the over-long examples of every split, and return
 data format `config.model` reads (data/formats.py). Plain text for a decoder-only model is
 one stream of tokens cut into windows (data/text_stream.py); everything else is a sequence
 of examples.
+
+This is where `config.dataset` is looked up (`load_text`). Synthetic tasks and local files are
+prepared by our own TFDS builders into `<workdir>/data` (or `config.data_dir`); catalog
+datasets by their TFDS builders into tfds' data dir (or `config.data_dir`). Either way the
+pipeline downstream sees the same thing, a `TextSplit` per split.
 """
 
 from __future__ import annotations
@@ -16,17 +21,28 @@ import json
 import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
 
-from flaxformer_lite.data import hosts, pipeline, sources, text_stream, tokenizers
-from flaxformer_lite.data.errors import DataError
+from flaxformer_lite.data import (
+    catalog,
+    local_files,
+    pipeline,
+    prepared,
+    synthetic,
+    text_stream,
+    tokenizers,
+)
 from flaxformer_lite.data.formats import data_format
-from flaxformer_lite.data.options import DataOptions
+from flaxformer_lite.data.options import DataError, DataOptions, process_index_and_count
 from flaxformer_lite.data.pipeline import Example, HostLayout, LengthReport
+from flaxformer_lite.data.prepared import TextSplit
 from flaxformer_lite.data.tokenizers import Tokenizer
+
+DATASET_NAMES = (*synthetic.TASKS, *local_files.FORMATS, *catalog.CATALOG)
 
 
 @dataclasses.dataclass
@@ -107,7 +123,7 @@ def create_datasets(
     if num_local_devices < 1:
         raise DataError(f"num_local_devices={num_local_devices}: need at least one device.")
     if process_index is None or process_count is None:
-        process_index, process_count = hosts.process_index_and_count()
+        process_index, process_count = process_index_and_count()
     layout = HostLayout(num_local_devices, process_index, process_count)
     # The one place where the format changes how data are read: a language model reads a
     # text stream through windows, not example by example.
@@ -118,7 +134,7 @@ def create_datasets(
 
 def create_example_datasets(options: DataOptions, workdir: str, layout: HostLayout) -> Datasets:
     """Data read example by example: pairs, prompt -> completion rows, or lines of text."""
-    text = sources.load_text(options, workdir, layout.process_index)
+    text = load_text(options, workdir, layout.process_index)
     if "train" not in text.splits:
         raise DataError(f"config.dataset={options.dataset!r} has no train split.")
     train = text.splits["train"]
@@ -162,6 +178,55 @@ def create_example_datasets(options: DataOptions, workdir: str, layout: HostLayo
         data_format=fmt,
         eval_bytes=line_bytes if fmt == "text" else {},
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class TextData:
+    """A dataset's splits as text pairs, and what the log should say about it."""
+
+    cache_name: str  # Names exactly this data (dataset and options) in file names.
+    description: str  # One line for the log.
+    splits: dict[str, TextSplit]
+
+
+def load_text(options: DataOptions, workdir: str, process_index: int) -> TextData:
+    """Prepares (once) and opens the dataset that `options.dataset` names."""
+    name = options.dataset
+    if name in catalog.CATALOG:
+        sources, info = catalog.fetch(name, options, process_index)
+        direction = " (reversed)" if options.reverse_translation else ""
+        return TextData(
+            cache_name=name.replace("/", "_"),
+            description=f"{name}{direction}: tfds catalog, prepared in {info.data_dir}",
+            splits=catalog.text_splits(name, sources, info, options.reverse_translation),
+        )
+    if name in synthetic.TASKS:
+        builder_name, config = "synthetic_task", synthetic.builder_config(options)
+    elif name in local_files.FORMATS:
+        builder_name, config = "local_files", local_files.builder_config(options)
+    else:
+        raise DataError(
+            f"config.dataset={name!r} is not a dataset this pipeline knows; choose one of "
+            f"{', '.join(DATASET_NAMES)}."
+        )
+    sources = prepared.read_splits(
+        builder_name,
+        None,
+        data_dir=options.data_dir or str(pathlib.Path(workdir) / "data"),
+        process_index=process_index,
+        builder_kwargs={"config": config},
+    )
+    data_dir = next(iter(sources.values())).dataset_info.data_dir
+    return TextData(
+        cache_name=f"{builder_name}_{config.name}",
+        description=f"{config.description}, prepared in {data_dir}",
+        splits={split: TextSplit(source, record_pair) for split, source in sources.items()},
+    )
+
+
+def record_pair(record: dict[str, Any]) -> tuple[str, str]:
+    """A record of our own builders as a (source, target) pair."""
+    return prepared.as_text(record["source"]), prepared.as_text(record["target"])
 
 
 def create_stream_datasets(options: DataOptions, workdir: str, layout: HostLayout) -> Datasets:
@@ -271,7 +336,7 @@ def load_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> Tokenizer
 
 
 def train_length_report(
-    text: sources.TextData,
+    text: TextData,
     tokenizer: Tokenizer,
     options: DataOptions,
     workdir: str,
@@ -304,7 +369,7 @@ def train_length_report(
 
 def describe(
     options: DataOptions,
-    text: sources.TextData,
+    text: TextData,
     tokenizer: Tokenizer,
     reports: dict[str, LengthReport],
     layout: HostLayout,

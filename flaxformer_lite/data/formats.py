@@ -24,8 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from flaxformer_lite.data.errors import DataError
-from flaxformer_lite.data.options import DataOptions
+from flaxformer_lite.data.options import DataError, DataOptions
 from flaxformer_lite.data.tokenizers import Tokenizer
 from flaxformer_lite.special_tokens import EOS_ID, SEP_ID
 

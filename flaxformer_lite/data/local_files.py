@@ -30,8 +30,7 @@ from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
 
-from flaxformer_lite.data.errors import DataError
-from flaxformer_lite.data.options import DataOptions
+from flaxformer_lite.data.options import DataError, DataOptions
 
 # For each format: the config options naming its files, per split. A split is present when
 # its first option is set.

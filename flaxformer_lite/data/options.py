@@ -1,18 +1,33 @@
-"""The data options: every config field the input pipeline reads, and their checks.
+"""The data options: every config field the input pipeline reads, their checks, and errors.
 
 The trainer's config is one flat `ml_collections.ConfigDict` shared with the model and the
 optimiser. `DataOptions.from_config` picks out the fields below. They have no defaults here:
 `configs/default.py` is the one source of experiment defaults, and a config built from it
 sets every field; a config that lacks one is a `DataError` naming it.
+
+Every `DataError` message is a single line that names the file and line, or the config
+option, that is wrong and says what to do about it. A trainer can catch `DataError` and
+print `str(error)`: the user then sees that line instead of a stack trace.
+
+Several hosts, one data pipeline: work whose result is a file every host reads (preparing a
+dataset, training the tokenizer) is done by process 0 alone; the other processes poll until
+the file is there (`wait_for`). Each host then reads its own shard of the data
+(`pipeline.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 
+import jax
 import ml_collections
 
-from flaxformer_lite.data.errors import DataError
+
+class DataError(ValueError):
+    """Bad data or a bad data option; the message says which and how to fix it."""
+
 
 LENGTH_POLICIES = ("filter", "truncate")
 TOKENIZERS = ("byte", "sentencepiece")
@@ -154,3 +169,27 @@ class DataOptions:
 
     def _fail(self, name: str, problem: str) -> None:
         raise DataError(f"config.{name}={getattr(self, name)!r} {problem}.")
+
+
+# Several hosts: process 0 prepares the files they share, the others wait for them.
+WAIT_TIMEOUT_SECONDS = 4 * 3600.0  # Long enough for process 0 to download and prepare WMT.
+POLL_SECONDS = 1.0
+
+
+def process_index_and_count() -> tuple[int, int]:
+    """This host's index and the number of hosts, as JAX sees them."""
+    return jax.process_index(), jax.process_count()
+
+
+def wait_for(ready: Callable[[], bool], what: str, timeout_seconds: float | None = None) -> None:
+    """Polls `ready()` until it is true; after the timeout, raises `DataError`."""
+    if timeout_seconds is None:
+        timeout_seconds = WAIT_TIMEOUT_SECONDS
+    deadline = time.monotonic() + timeout_seconds
+    while not ready():
+        if time.monotonic() > deadline:
+            raise DataError(
+                f"Gave up after {timeout_seconds:.0f} s waiting for {what}: check that process 0 "
+                "is running and that all hosts share the workdir and config.data_dir."
+            )
+        time.sleep(POLL_SECONDS)

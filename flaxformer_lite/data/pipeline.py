@@ -43,7 +43,7 @@ import numpy as np
 
 from flaxformer_lite.data.formats import Example, data_format
 from flaxformer_lite.data.options import DataOptions
-from flaxformer_lite.data.splits import READ_BLOCK_SIZE, TextSplit
+from flaxformer_lite.data.prepared import READ_BLOCK_SIZE, TextSplit
 from flaxformer_lite.data.tokenizers import Tokenizer
 from flaxformer_lite.special_tokens import PAD_ID
 

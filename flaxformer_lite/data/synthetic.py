@@ -27,8 +27,7 @@ import string
 import numpy as np
 import tensorflow_datasets as tfds
 
-from flaxformer_lite.data.errors import DataError
-from flaxformer_lite.data.options import DataOptions
+from flaxformer_lite.data.options import DataError, DataOptions
 
 ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase  # ASCII order.
 TASKS = ("copy", "reverse", "sort", "addition")

@@ -25,9 +25,8 @@ import grain
 import numpy as np
 
 from flaxformer_lite.data import catalog, local_files, prepared
-from flaxformer_lite.data.errors import DataError
 from flaxformer_lite.data.formats import Example
-from flaxformer_lite.data.options import DataOptions
+from flaxformer_lite.data.options import DataError, DataOptions
 from flaxformer_lite.data.pipeline import HostLayout, batch_and_prefetch, host_shard
 from flaxformer_lite.data.tokenizers import ByteTokenizer, Tokenizer
 from flaxformer_lite.special_tokens import NUM_SPECIAL_TOKENS

@@ -27,8 +27,7 @@ from typing import Protocol
 
 import sentencepiece as spm
 
-from flaxformer_lite.data import hosts
-from flaxformer_lite.data.errors import DataError
+from flaxformer_lite.data.options import DataError, wait_for
 from flaxformer_lite.special_tokens import (
     BOS_ID,
     EOS_ID,
@@ -194,5 +193,5 @@ def load_or_train_sentencepiece(
             partial.write_bytes(model_proto)
             os.replace(partial, path)
         else:
-            hosts.wait_for(path.exists, f"process 0 to train the tokenizer {path}", timeout_seconds)
+            wait_for(path.exists, f"process 0 to train the tokenizer {path}", timeout_seconds)
     return SentencePieceTokenizer(path.read_bytes())

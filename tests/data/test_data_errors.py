@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flaxformer_lite.data import DataError, create_datasets, hosts, synthetic
+from flaxformer_lite.data import DataError, create_datasets, options, synthetic
 
 
 @pytest.mark.parametrize(
@@ -118,6 +118,6 @@ def test_other_hosts_read_what_process_zero_prepared(reverse_workdir, make_confi
 
 
 def test_other_hosts_give_up_if_process_zero_never_prepares(tmp_path, make_config, monkeypatch):
-    monkeypatch.setattr(hosts, "WAIT_TIMEOUT_SECONDS", 0.1)
+    monkeypatch.setattr(options, "WAIT_TIMEOUT_SECONDS", 0.1)
     with pytest.raises(DataError, match="waiting for process 0 to prepare synthetic_task"):
         create_datasets(make_config(), str(tmp_path), 1, process_index=1, process_count=2)

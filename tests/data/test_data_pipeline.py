@@ -10,7 +10,7 @@ import pytest
 from configs import default
 from flaxformer_lite.data import ByteTokenizer, DataOptions, pipeline
 from flaxformer_lite.data.pipeline import HostLayout
-from flaxformer_lite.data.splits import TextSplit
+from flaxformer_lite.data.prepared import TextSplit
 from flaxformer_lite.data.synthetic import ALPHABET
 from flaxformer_lite.special_tokens import BOS_ID, EOS_ID
 
