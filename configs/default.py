@@ -81,6 +81,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = 900
     config.schedule = "cosine"  # rsqrt: lr = learning_rate * d^-0.5 * min(s^-0.5, s * w^-1.5)
     config.learning_rate = 0.005  # rsqrt: exactly the paper's formula at 1.0; cosine: the peak
+    config.min_learning_rate = 0.0  # cosine: the rate it decays to at the last step
     config.warmup_steps = 100
     config.adam_b1 = 0.9
     config.adam_b2 = 0.98

@@ -46,6 +46,9 @@ def _check_optimisation(config: ml_collections.ConfigDict) -> None:
     # The paper's schedule divides by the warm-up length; cosine may start at its peak.
     _check_int(config, "warmup_steps", minimum=1 if schedule == "rsqrt" else 0)
     _check_number(config, "learning_rate", low=0.0, low_inclusive=False)
+    _check_number(config, "min_learning_rate", low=0.0)
+    if config.min_learning_rate > config.learning_rate:  # the cosine would decay upwards
+        _fail("min_learning_rate", config.min_learning_rate, "use at most config.learning_rate")
     _check_number(config, "adam_b1", low=0.0, high=1.0)
     _check_number(config, "adam_b2", low=0.0, high=1.0)
     _check_number(config, "adam_eps", low=0.0, low_inclusive=False)
