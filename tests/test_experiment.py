@@ -36,7 +36,7 @@ def test_every_shipped_config_passes(name):
         (dict(learning_rate=math.inf), r"config\.learning_rate=inf cannot work: use a finite"),
         (dict(learning_rate=0.0), r"config\.learning_rate=0\.0 .* > 0"),
         (dict(num_train_steps=0), r"config\.num_train_steps=0 .* integer >= 1"),
-        (dict(warmup_steps=0), r"config\.warmup_steps=0 .* integer >= 1"),
+        (dict(schedule="rsqrt", warmup_steps=0), r"config\.warmup_steps=0 .* integer >= 1"),
         (dict(schedule="linear"), r"config\.schedule='linear' .* \('rsqrt', 'cosine'\)"),
         (dict(eval_every_steps=0), r"config\.eval_every_steps=0"),
         (dict(log_every_steps=-1), r"config\.log_every_steps=-1"),
