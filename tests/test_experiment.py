@@ -9,11 +9,17 @@ import sacrebleu
 from tiny_training import TINY_TRAINING
 
 from configs import default
-from flaxformer_lite.data import create_datasets
+from flaxformer_lite.data import ByteTokenizer, create_datasets
 from flaxformer_lite.experiment import ConfigError, check_config
 from flaxformer_lite.families import make_family
 from flaxformer_lite.families import transformer_config_from as model_config_from
-from flaxformer_lite.training.trainer import decode_split, generation_metrics, train_and_evaluate
+from flaxformer_lite.special_tokens import EOS_ID
+from flaxformer_lite.training.trainer import (
+    decode_split,
+    generation_metrics,
+    print_examples,
+    train_and_evaluate,
+)
 from flaxformer_lite.translate import Translator
 
 CONFIG_FILES = sorted(p.stem for p in pathlib.Path(default.__file__).parent.glob("[!_]*.py"))
@@ -129,7 +135,7 @@ def test_bleu_scores_every_example_against_its_whole_reference(tmp_path):
         return batch["inputs"]
 
     family = make_family(config, datasets.tokenizer.vocab_size)
-    _, predictions, _ = decode_split(family, copy_source, None, datasets)
+    _, predictions = decode_split(family, copy_source, None, datasets)
     metrics = generation_metrics(
         config, datasets.tokenizer, predictions, datasets.reference_texts()
     )
@@ -137,3 +143,14 @@ def test_bleu_scores_every_example_against_its_whole_reference(tmp_path):
     expected = sacrebleu.corpus_bleu(read_by_the_model, [lines]).score
     assert metrics["bleu"] == pytest.approx(expected) and expected < 100
     assert metrics["exact_match"] == pytest.approx(4 / 6)
+
+
+def test_printed_examples_are_marked_against_the_reference_text(capsys):
+    """An LM's target row holds its prompt too: the mark must compare with the reference text."""
+    tokenizer = ByteTokenizer()
+    prompt, completion = tokenizer.encode("123"), tokenizer.encode("321")
+    print_examples(tokenizer, [prompt], [completion + [EOS_ID]], ["321"], count=1)
+    print_examples(tokenizer, [prompt], [completion + [EOS_ID]], ["322"], count=1)
+    ok, bad = capsys.readouterr().out.splitlines()
+    assert ok == "ok  '123' -> '321'  (reference '321')"
+    assert bad.startswith("BAD ")

@@ -45,20 +45,19 @@ def evaluate(p_eval_step, state, datasets, split: str = "validation") -> dict[st
 
 
 def decode_split(family: ModelFamily, p_predict, params, datasets, split: str = "validation"):
-    """Generate for every example of `split`: (sources, predictions, references) token rows.
+    """Generate for every example of `split`: (sources, predictions) token rows.
 
-    Sources and references are the rows the model reads, cut to the length limits; score
-    generated text against `datasets.reference_texts(split)`, which holds them whole.
+    Sources are what the model is conditioned on, cut to the length limits; score the
+    predictions against `datasets.reference_texts(split)`, the target texts whole.
     """
-    sources, predictions, references = [], [], []
+    sources, predictions = [], []
     for batch in datasets.eval_batches(split):
         tokens = jax.device_get(p_predict(params, batch))
         real = batch["targets"].reshape(-1, batch["targets"].shape[-1]).any(axis=-1)
         conditioned_on = np.asarray(family.sources(batch))
         sources.extend(conditioned_on.reshape(-1, conditioned_on.shape[-1])[real])
         predictions.extend(tokens.reshape(-1, tokens.shape[-1])[real])
-        references.extend(batch["targets"].reshape(-1, batch["targets"].shape[-1])[real])
-    return sources, predictions, references
+    return sources, predictions
 
 
 def generation_metrics(config, tokenizer, predictions, reference_texts) -> dict[str, float]:
@@ -75,14 +74,13 @@ def generation_metrics(config, tokenizer, predictions, reference_texts) -> dict[
     return metrics
 
 
-def print_examples(tokenizer, sources, predictions, references, count: int) -> None:
-    examples = zip(sources[:count], predictions[:count], references[:count], strict=True)
+def print_examples(tokenizer, sources, predictions, reference_texts, count: int) -> None:
+    """The first `count` examples: source -> generated text, marked against the reference."""
+    examples = zip(sources[:count], predictions[:count], reference_texts[:count], strict=True)
     for source, prediction, reference in examples:
-        mark = "ok " if tokenizer.decode(prediction) == tokenizer.decode(reference) else "BAD"
-        print(
-            f"{mark} {tokenizer.decode(source)!r} -> {tokenizer.decode(prediction)!r}"
-            f"  (reference {tokenizer.decode(reference)!r})"
-        )
+        generated = tokenizer.decode(prediction)
+        mark = "ok " if generated == reference else "BAD"
+        print(f"{mark} {tokenizer.decode(source)!r} -> {generated!r}  (reference {reference!r})")
 
 
 def step_flops_and_peak(family: ModelFamily, config) -> tuple[float, float]:
@@ -180,9 +178,10 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
             )
         examples = ([], [], [])
         if datasets.data_format != "text":  # every example has a reference to generate
-            examples = decode_split(family, p_predict, state.params, datasets)
+            sources, predictions = decode_split(family, p_predict, state.params, datasets)
             references = datasets.reference_texts()
-            metrics.update(generation_metrics(config, datasets.tokenizer, examples[1], references))
+            metrics.update(generation_metrics(config, datasets.tokenizer, predictions, references))
+            examples = (sources, predictions, references)
         if train:
             metrics.update(tokens_per_s=train["tokens_per_s"], mfu=train["mfu"])
         metrics["learning_rate"] = float(learning_rate(step - 1))
