@@ -414,12 +414,16 @@ def make_tokens_to_logits(model, params, inputs) -> TokensToLogits:
 
     Cross-attention reads the encoder keys and values the prefill cached.
     """
+    return _one_step_callback(model, params, None, inputs)
+
+
+def _one_step_callback(model, params, *leading_args) -> TokensToLogits:
+    """tokens_to_logits over `model.decode(*leading_args, tokens, decode=True)`."""
 
     def tokens_to_logits(tokens, cache):
         logits, variables = model.apply(
             {"params": params, "cache": cache},
-            None,
-            inputs,
+            *leading_args,
             tokens,
             decode=True,
             method=model.decode,
@@ -491,18 +495,7 @@ def prefill_lm(model, params, prompt, *, max_decode_len: int) -> DecodeStart:
 
 def make_lm_tokens_to_logits(model, params) -> TokensToLogits:
     """The language model's decoding callback for steps after the prefill."""
-
-    def tokens_to_logits(tokens, cache):
-        logits, variables = model.apply(
-            {"params": params, "cache": cache},
-            tokens,
-            decode=True,
-            method=model.decode,
-            mutable=["cache"],
-        )  # logits (N, 1, V)
-        return logits[:, -1], variables["cache"]
-
-    return tokens_to_logits
+    return _one_step_callback(model, params)
 
 
 @functools.partial(jax.jit, static_argnames=("model", *SEARCH_OPTIONS))
