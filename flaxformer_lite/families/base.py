@@ -98,9 +98,12 @@ class ModelFamily(abc.ABC):
         """Model FLOPs of one training step on `num_rows` rows (see `flaxformer_lite.flops`)."""
 
     def init_params(self, rng: jax.Array):
-        """Parameters from shapes alone: `module.init` on `example_batch`, compiled."""
+        """Parameters from shapes alone: `module.init` on `example_batch`, compiled.
+
+        Plain arrays: the logical axis names of `layers.sharding` are unboxed away.
+        """
         inputs = self.model_inputs(jax.tree.map(np.asarray, self.example_batch()))
-        return jax.jit(self.module.init)(rng, **inputs)["params"]
+        return nn.meta.unbox(jax.jit(self.module.init)(rng, **inputs)["params"])
 
     def apply(self, params, batch: Batch, *, deterministic: bool = True, rngs=None, **kwargs):
         """The module on a batch: outputs such as logits (B, T, V)."""
