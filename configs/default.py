@@ -109,3 +109,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Multi-host: call jax.distributed.initialize() (TPU pods, GPU clusters).
     config.distributed = False
     return config
+    # Encoder-only (BERT) families: encoder_only (masked-LM pre-training), encoder_classifier.
+    config.mlm_probability = 0.15  # of a row's real tokens chosen: 80% MASK, 10% random, 10% kept
+    config.mlm_max_predictions = placeholder(int)  # per row; unset: ceil(prob * max_source_length)
+    config.class_labels = placeholder(str)  # classification: label names in id order, "neg,pos"
+    config.init_from = placeholder(str)  # workdir of an encoder-only run: start from its encoder
+    config.teacher = placeholder(str)  # workdir of a trained classifier: distil it into this one
+    config.distill_temperature = 2.0  # T: both distributions softened as softmax(logits / T)
+    config.distill_alpha = 0.5  # loss = alpha T^2 KL(teacher_T || student_T) + (1 - alpha) CE
+

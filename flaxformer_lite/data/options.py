@@ -43,6 +43,13 @@ class DataOptions:
     # the fields of a batch (data/formats.py).
     model: str
 
+    # Encoder-only models. Masked LM: the fraction of a row's real tokens chosen for
+    # prediction, and at most how many per row (None: ceil(mlm_probability * the row length)).
+    # Classification: the label names in id order, comma-separated ("neg,pos").
+    mlm_probability: float
+    mlm_max_predictions: int | None
+    class_labels: str | None
+
     # What to read. `dataset` is a synthetic task ("copy", "reverse", "sort", "addition"), a
     # local-file format ("tsv", "aligned", "text", "classification") or a catalog name
     # ("wmt14_translate/de-en", "ted_hrlr_translate/pt_to_en", "tiny_shakespeare", "lm1b",
@@ -157,6 +164,10 @@ class DataOptions:
         for name in ("data_seed", "seed", "grain_worker_count"):
             if self._int(name) < 0:
                 self._fail(name, "must be a non-negative integer")
+        if not 0.0 < self.mlm_probability < 1.0:
+            self._fail("mlm_probability", "must lie in (0, 1)")
+        if self.mlm_max_predictions is not None and self._int("mlm_max_predictions") < 1:
+            self._fail("mlm_max_predictions", "must be a positive integer or None")
         for name in ("download", "reverse_translation", "pack_examples", "strict_data"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "must be True or False")
