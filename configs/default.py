@@ -106,6 +106,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 300
     config.keep_checkpoints = 3
 
+    # Vision Transformer (model="vit") and image data: dataset="shapes" (built in), "mnist",
+    # "cifar10", "fashion_mnist" (tfds catalog) or "image_folder" (root/CLASS_NAME/*.png|jpg).
+    config.image_size = 32  # pixels per side: every image is resized to it
+    config.image_channels = 3  # 3 (RGB) or 1 (grayscale): every image is converted to it
+    config.patch_size = 4  # P: the ViT reads (image_size / P)^2 patches of P x P pixels
+    config.vit_pooling = "class_token"  # class_token | mean (global average pooling)
+    config.image_dir = placeholder(str)  # image_folder: the class folders to train on
+    config.eval_image_dir = placeholder(str)  # ... held out; unset: image_eval_fraction of them
+    config.image_eval_fraction = 0.2  # of each class, chosen with data_seed
+    config.crop_padding = 4  # training: pad by this many pixels, crop back at random; 0: off
+    config.horizontal_flip = True  # training: mirror half the images (off for digits, text)
+
     # Multi-host: call jax.distributed.initialize() (TPU pods, GPU clusters).
     config.distributed = False
     return config
