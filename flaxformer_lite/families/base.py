@@ -62,6 +62,9 @@ class ModelFamily(abc.ABC):
 
     name: ClassVar[str]
     module: nn.Module
+    # Evaluation decodes text with `predict` and scores it against the references (exact
+    # match, BLEU). A classifier sets False: its accuracy is `correct_sum` of metric_sums.
+    generates_text: ClassVar[bool] = True
 
     @classmethod
     @abc.abstractmethod

@@ -177,7 +177,8 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
                 nll_nats / math.log(2) / datasets.eval_bytes["validation"]
             )
         examples = ([], [], [])
-        if datasets.data_format != "text":  # every example has a reference to generate
+        # Every example has a reference to generate (a classifier's accuracy is above).
+        if family.generates_text and datasets.data_format != "text":
             sources, predictions = decode_split(family, p_predict, state.params, datasets)
             references = datasets.reference_texts()
             metrics.update(generation_metrics(config, datasets.tokenizer, predictions, references))
