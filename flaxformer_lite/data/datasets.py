@@ -29,7 +29,6 @@ import numpy as np
 
 from flaxformer_lite.data import (
     catalog,
-    images,
     local_files,
     pipeline,
     prepared,
@@ -37,7 +36,7 @@ from flaxformer_lite.data import (
     text_stream,
     tokenizers,
 )
-from flaxformer_lite.data.formats import data_format, packs_rows
+from flaxformer_lite.data.formats import data_format
 from flaxformer_lite.data.options import DataError, DataOptions, process_index_and_count
 from flaxformer_lite.data.pipeline import Example, HostLayout, LengthReport
 from flaxformer_lite.data.prepared import TextSplit
@@ -82,9 +81,7 @@ class Datasets:
         Rows after the last example are all zeros (segmentation 0), so metrics that weigh
         tokens by their segmentation count every example exactly once.
         """
-        batches = pipeline.eval_dataset(
-            self._examples(split), self.options, self.layout, self.tokenizer.vocab_size
-        )
+        batches = pipeline.eval_dataset(self._examples(split), self.options, self.layout)
         return (batches[index] for index in range(len(batches)))
 
     def reference_texts(self, split: str = "validation") -> list[str]:
@@ -128,8 +125,6 @@ def create_datasets(
     if process_index is None or process_count is None:
         process_index, process_count = process_index_and_count()
     layout = HostLayout(num_local_devices, process_index, process_count)
-    if options.model == "vit":  # images and their labels (data/images.py), not text pairs
-        return images.create_image_datasets(config, workdir, layout)
     if options.model == "image_captioning":  # images and their captions, not text pairs
         from flaxformer_lite.data import captions  # captions builds on this module
 
@@ -390,7 +385,7 @@ def describe(
     eval_rows = [layout.num_devices, options.eval_batch_size]
     rows = layout.num_devices * options.per_device_batch_size
     real = dict(zip(("source", "target"), first_batch_tokens, strict=True))
-    slots = {"source": lengths.get("inputs", 0) * rows, "target": lengths.get("targets", 0) * rows}
+    slots = {"source": lengths.get("inputs", 0) * rows, "target": lengths["targets"] * rows}
     real_line = ", ".join(
         f"{side} {real[side]:,} of {slots[side]:,} slots ({real[side] / slots[side]:.0%})"
         for side in real
@@ -404,7 +399,7 @@ def describe(
         *(f"  {report}" for report in reports.values()),
         "train batches: "
         + ", ".join(f"{key} {[*train_rows, length]}" for key, length in lengths.items())
-        + f", {'packed' if packs_rows(options) else 'one example per row'}, shuffle seed "
+        + f", {'packed' if options.pack_examples else 'one example per row'}, shuffle seed "
         f"{options.seed}; host {layout.process_index + 1} of {layout.process_count}",
         f"real tokens in the first train batch (this host): {real_line}",
         "eval batches: "
