@@ -118,6 +118,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.crop_padding = 4  # training: pad by this many pixels, crop back at random; 0: off
     config.horizontal_flip = True  # training: mirror half the images (off for digits, text)
 
+    # Image captioning (model="image_captioning"): dataset="caption_shapes" (built in) or
+    # "caption_tsv" (train_file/eval_file: filename<TAB>caption lines, filenames relative
+    # to the TSV's folder). The image fields above size the images and the ViT encoder.
+    config.caption_max_objects = 2  # caption_shapes: 1 to this many shapes per scene (<= 3)
+
     # Multi-host: call jax.distributed.initialize() (TPU pods, GPU clusters).
     config.distributed = False
     return config
