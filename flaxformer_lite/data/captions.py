@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterator
 
 import grain
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from flaxformer_lite.data import pipeline, tokenizers
+from flaxformer_lite.data import pipeline, shapes, tokenizers
 from flaxformer_lite.data.datasets import Datasets, make_tokenizer
 from flaxformer_lite.data.options import DataError, DataOptions
 from flaxformer_lite.data.pipeline import HostLayout, LengthReport
@@ -45,38 +45,40 @@ from flaxformer_lite.special_tokens import EOS_ID
 DATASETS = ("caption_shapes", "caption_tsv")
 SPLIT_SEEDS = {"train": 0, "validation": 1}  # Synthetic splits draw from disjoint streams.
 
-# The built-in scenes: a 3 x 3 grid of cells, one shape at most per cell.
+# The built-in scenes: a 3 x 3 grid of cells, one shape at most per cell, drawn with the
+# ViT's shapes (data/shapes.py) in colours far apart in RGB.
 GRID = 3
-COLOURS = {
-    "red": (0.9, 0.1, 0.1),
-    "green": (0.1, 0.8, 0.1),
-    "blue": (0.15, 0.25, 0.95),
-    "yellow": (0.95, 0.9, 0.1),
-}
+COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
 RELATIONS = {"row": "left of", "column": "above"}  # Read left to right, top to bottom.
 
 
 @dataclasses.dataclass(frozen=True)
 class CaptionOptions:
-    """The captioning fields of the config, beside the data options."""
+    """The image fields of the config that captioning data read, beside the data options."""
 
-    image_size: int  # Images are image_size x image_size RGB.
+    image_size: int  # Images are image_size x image_size pixels ...
+    image_channels: int  # ... of 3 (RGB) or 1 (grayscale) channels.
     max_objects: int  # Built-in scenes: 1 to max_objects shapes.
 
     @classmethod
     def from_config(cls, config) -> CaptionOptions:
-        for name in ("image_size", "caption_max_objects"):
+        for name in ("image_size", "image_channels", "caption_max_objects"):
             if name not in config:
                 raise DataError(
                     f"config has no field {name!r}: build the config from configs/default.py."
                 )
-        options = cls(config.image_size, config.caption_max_objects)
+        options = cls(config.image_size, config.image_channels, config.caption_max_objects)
         if not isinstance(options.image_size, int) or options.image_size < GRID * 4:
             raise DataError(
                 f"config.image_size={options.image_size!r} is too small for captioning: use an "
                 f"integer of at least {GRID * 4} (each of the {GRID} x {GRID} cells of a scene "
                 "needs 4 pixels)."
+            )
+        if options.image_channels not in (1, 3):
+            raise DataError(
+                f"config.image_channels={options.image_channels!r} must be 3 (RGB) or 1 "
+                "(grayscale)."
             )
         if not isinstance(options.max_objects, int) or not 1 <= options.max_objects <= GRID:
             raise DataError(
@@ -90,41 +92,31 @@ class CaptionOptions:
 # The built-in scenes.
 
 
-def draw_shape(image: np.ndarray, shape: str, colour, centre, radius: float) -> None:
-    """Paint a filled shape into image (H, W, 3) in place; centre (x, y) in pixels."""
-    size = image.shape[0]
-    y, x = np.mgrid[0:size, 0:size] + 0.5  # Pixel centres.
-    dx, dy = x - centre[0], y - centre[1]
-    if shape == "circle":
-        inside = dx**2 + dy**2 <= radius**2
-    elif shape == "square":
-        inside = (np.abs(dx) <= radius * 0.85) & (np.abs(dy) <= radius * 0.85)
-    else:  # A triangle pointing up: its half-width grows from 0 at the apex to `radius`.
-        from_apex = dy + radius
-        inside = (from_apex >= 0) & (dy <= radius) & (np.abs(dx) <= from_apex / 2)
-    image[inside] = colour
-
-
 def synthetic_scene(rng: np.random.Generator, image_size: int, max_objects: int):
-    """One scene and its caption: (image (S, S, 3) float32 in [0, 1], caption)."""
+    """One scene and its caption: (image (S, S, 3) float32 in [0, 1], caption).
+
+    1 to max_objects shapes share a row (named left to right, "left of") or a column
+    (top to bottom, "above"); each fills most of its cell, at a random size and offset.
+    """
     count = int(rng.integers(1, max_objects + 1))
     arrangement = str(rng.choice(list(RELATIONS)))
     line = int(rng.integers(GRID))
-    slots = np.sort(rng.choice(GRID, size=count, replace=False))  # Reading order.
-    cell = image_size / GRID
-    image = rng.uniform(0.0, 0.08, (image_size, image_size, 3)).astype(np.float32)
+    slots = np.sort(rng.choice(GRID, size=count, replace=False))  # reading order
+    cell = image_size // GRID
+    canvas = Image.new("RGB", (image_size, image_size))
+    draw = ImageDraw.Draw(canvas)
     phrases = []
     for slot in slots:
-        colour_name = str(rng.choice(list(COLOURS)))
-        shape = str(rng.choice(SHAPES))
+        colour, shape = str(rng.choice(COLOURS)), str(rng.choice(SHAPES))
         column, row = (slot, line) if arrangement == "row" else (line, slot)
-        radius = cell * rng.uniform(0.36, 0.46)
-        jitter = rng.uniform(-1, 1, size=2) * (cell / 2 - radius)
-        centre = ((column + 0.5) * cell + jitter[0], (row + 0.5) * cell + jitter[1])
-        tint = np.clip(np.array(COLOURS[colour_name]) + rng.uniform(-0.1, 0.1, 3), 0.0, 1.0)
-        draw_shape(image, shape, tint, centre, radius)
-        phrases.append(f"a {colour_name} {shape}")
-    return image, f" {RELATIONS[arrangement]} ".join(phrases)
+        side = int(rng.integers(cell * 3 // 4, cell + 1))
+        left = column * cell + int(rng.integers(0, cell - side + 1))
+        top = row * cell + int(rng.integers(0, cell - side + 1))
+        shapes.draw_shape(
+            draw, shape, shapes.COLOURS[colour], (left, top, left + side - 1, top + side - 1)
+        )
+        phrases.append(f"a {colour} {shape}")
+    return np.asarray(canvas, np.float32) / 255.0, f" {RELATIONS[arrangement]} ".join(phrases)
 
 
 def synthetic_example(seed: int, split: str, image_size: int, max_objects: int, index: int):
@@ -180,15 +172,18 @@ def read_caption_tsv(path: str) -> list[CaptionLine]:
     return lines
 
 
-def load_image(path: pathlib.Path, image_size: int, *, where: str = "") -> np.ndarray:
-    """The image at `path` as (S, S, 3) float32 in [0, 1]: RGB, resized with Pillow.
+def load_image(
+    path: pathlib.Path, image_size: int, channels: int = 3, *, where: str = ""
+) -> np.ndarray:
+    """The image at `path` as (S, S, channels) float32 in [0, 1], resized with Pillow.
 
     An unreadable file is a `DataError` naming it (and `where` it was listed).
     """
     listed = f" (listed at {where})" if where else ""
     try:
         with Image.open(path) as image:
-            rgb = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BICUBIC)
+            mode = "RGB" if channels == 3 else "L"
+            pixels = image.convert(mode).resize((image_size, image_size), Image.Resampling.BICUBIC)
     except FileNotFoundError:
         raise DataError(f"Image file {path}{listed} does not exist.") from None
     except (UnidentifiedImageError, OSError) as error:
@@ -196,7 +191,7 @@ def load_image(path: pathlib.Path, image_size: int, *, where: str = "") -> np.nd
             f"Image file {path}{listed} is not a readable image ({error}): replace it, or "
             "remove its line."
         ) from None
-    return np.asarray(rgb, np.float32) / 255.0
+    return np.asarray(pixels, np.float32).reshape(image_size, image_size, channels) / 255.0
 
 
 # ----------------------------------------------------------------------------
@@ -244,7 +239,10 @@ def tsv_source(path: str, caption: CaptionOptions) -> CaptionSource:
 
     def read(index: int) -> tuple[np.ndarray, str]:
         line = lines[index]
-        return load_image(line.image_path, caption.image_size, where=line.where), line.caption
+        image = load_image(
+            line.image_path, caption.image_size, caption.image_channels, where=line.where
+        )
+        return image, line.caption
 
     return CaptionSource(len(lines), read, caption=lambda index: lines[index].caption)
 
@@ -282,6 +280,10 @@ def create_caption_datasets(config, workdir: str, layout: HostLayout) -> Caption
     options = DataOptions.from_config(config)
     caption = CaptionOptions.from_config(config)
     if options.dataset == "caption_shapes":
+        if caption.image_channels != 3:
+            raise DataError(
+                "config.dataset='caption_shapes' draws colours: set config.image_channels=3."
+            )
         splits = {split: synthetic_source(options, caption, split) for split in SPLIT_SEEDS}
         cache_name = "caption_shapes"
         description = (
@@ -338,7 +340,7 @@ def create_caption_datasets(config, workdir: str, layout: HostLayout) -> Caption
     train_iter = iter(
         pipeline.batch_and_prefetch(rows.to_iter_dataset(pipeline.READ_OPTIONS), options, layout)
     )
-    image_shape = [caption.image_size, caption.image_size, 3]
+    image_shape = [caption.image_size, caption.image_size, caption.image_channels]
     batch_rows = [layout.num_devices, options.per_device_batch_size]
     example_image, example_caption = train[0]
     info = "\n".join(

@@ -10,11 +10,12 @@ module's inputs, its loss and metric sums, and what evaluation predicts.
 
 from flaxformer_lite.config import ConfigError, required_field
 from flaxformer_lite.families.base import Batch, ModelFamily, transformer_config_from
+from flaxformer_lite.families.captioning import ImageCaptioning
 from flaxformer_lite.families.decoder_only import DecoderOnly
 from flaxformer_lite.families.encoder_decoder import EncoderDecoder
 
 FAMILIES: dict[str, type[ModelFamily]] = {
-    family.name: family for family in (EncoderDecoder, DecoderOnly)
+    family.name: family for family in (EncoderDecoder, DecoderOnly, ImageCaptioning)
 }
 
 
@@ -34,6 +35,7 @@ __all__ = [
     "Batch",
     "DecoderOnly",
     "EncoderDecoder",
+    "ImageCaptioning",
     "ModelFamily",
     "make_family",
     "transformer_config_from",
