@@ -123,6 +123,15 @@ def get_config() -> ml_collections.ConfigDict:
     # to the TSV's folder). The image fields above size the images and the ViT encoder.
     config.caption_max_objects = 2  # caption_shapes: 1 to this many shapes per scene (<= 3)
 
+    # Recurrent families (model="rnn_seq2seq" | "rnn_lm"): Flax's cells under nn.RNN. They
+    # embed tokens in d_model features, use dropout_rate, and read one example per training
+    # row (a state runs along the whole row), whatever pack_examples says.
+    config.cell = "lstm"  # rnn (Elman, tanh) | lstm | gru
+    config.rnn_hidden_size = 128  # the state the decoder reads; each encoder direction gets half
+    config.rnn_num_layers = 1  # stacked cells in the encoder and in the decoder
+    config.rnn_bidirectional = True  # rnn_seq2seq: the encoder also reads right to left
+    config.rnn_attention = True  # rnn_seq2seq: additive attention; False: the final state alone
+
     # Multi-host: call jax.distributed.initialize() (TPU pods, GPU clusters).
     config.distributed = False
     return config

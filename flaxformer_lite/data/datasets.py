@@ -36,7 +36,7 @@ from flaxformer_lite.data import (
     text_stream,
     tokenizers,
 )
-from flaxformer_lite.data.formats import data_format
+from flaxformer_lite.data.formats import data_format, packs_rows
 from flaxformer_lite.data.options import DataError, DataOptions, process_index_and_count
 from flaxformer_lite.data.pipeline import Example, HostLayout, LengthReport
 from flaxformer_lite.data.prepared import TextSplit
@@ -399,7 +399,7 @@ def describe(
         *(f"  {report}" for report in reports.values()),
         "train batches: "
         + ", ".join(f"{key} {[*train_rows, length]}" for key, length in lengths.items())
-        + f", {'packed' if options.pack_examples else 'one example per row'}, shuffle seed "
+        + f", {'packed' if packs_rows(options) else 'one example per row'}, shuffle seed "
         f"{options.seed}; host {layout.process_index + 1} of {layout.process_count}",
         f"real tokens in the first train batch (this host): {real_line}",
         "eval batches: "

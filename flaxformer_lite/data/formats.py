@@ -96,7 +96,18 @@ FORMATS = {
 MODEL_FORMATS = {
     "encoder_decoder": {"pairs": "pairs", "plain_text": "pairs"},
     "decoder_only": {"pairs": "prompt_completion", "plain_text": "text"},
+    "rnn_seq2seq": {"pairs": "pairs", "plain_text": "pairs"},
+    "rnn_lm": {"pairs": "prompt_completion", "plain_text": "text"},
 }
+
+# Models whose training rows hold one example each, whatever config.pack_examples says: a
+# recurrent state runs along the whole row, so it would carry one example into the next.
+ONE_EXAMPLE_PER_ROW = ("rnn_seq2seq", "rnn_lm")
+
+
+def packs_rows(options: DataOptions) -> bool:
+    """Are several training examples packed into each row?"""
+    return options.pack_examples and options.model not in ONE_EXAMPLE_PER_ROW
 
 
 def data_format(options: DataOptions) -> DataFormat:

@@ -41,7 +41,7 @@ from typing import TypeVar
 import grain
 import numpy as np
 
-from flaxformer_lite.data.formats import Example, data_format
+from flaxformer_lite.data.formats import Example, data_format, packs_rows
 from flaxformer_lite.data.options import DataOptions
 from flaxformer_lite.data.prepared import READ_BLOCK_SIZE, TextSplit
 from flaxformer_lite.data.tokenizers import Tokenizer
@@ -195,7 +195,7 @@ def train_dataset(
         blocks.to_iter_dataset(READ_OPTIONS), Unbatch()
     )
     examples = apply_length_policy(examples, options)
-    if options.pack_examples:
+    if packs_rows(options):
         rows_of_examples = grain.experimental.FirstFitPackIterDataset(
             examples, length_struct=lengths, num_packing_bins=rows, shuffle_bins=False
         ).map(functools.partial(rename_packing_features, data_format(options).sequences))

@@ -13,9 +13,11 @@ from flaxformer_lite.families.base import Batch, ModelFamily, transformer_config
 from flaxformer_lite.families.captioning import ImageCaptioning
 from flaxformer_lite.families.decoder_only import DecoderOnly
 from flaxformer_lite.families.encoder_decoder import EncoderDecoder
+from flaxformer_lite.families.recurrent import RnnLM, RnnSeq2Seq
 
 FAMILIES: dict[str, type[ModelFamily]] = {
-    family.name: family for family in (EncoderDecoder, DecoderOnly, ImageCaptioning)
+    family.name: family
+    for family in (EncoderDecoder, DecoderOnly, ImageCaptioning, RnnSeq2Seq, RnnLM)
 }
 
 
@@ -37,6 +39,8 @@ __all__ = [
     "EncoderDecoder",
     "ImageCaptioning",
     "ModelFamily",
+    "RnnLM",
+    "RnnSeq2Seq",
     "make_family",
     "transformer_config_from",
 ]
