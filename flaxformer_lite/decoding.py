@@ -330,16 +330,20 @@ def _empty_cache(init, *args):
     return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
 
 
-def _start_after_prefill(logits, cache, prefix, max_decode_len: int) -> DecodeStart:
+def _start_after_prefill(
+    logits, cache, prefix, max_decode_len: int, *, after_bos: bool = True
+) -> DecodeStart:
     """The prefill ran over BOS and the whole prefix; decoding starts at the shortest
     row's prefix length m. Its logits are the prefill's at m, and the cache index
     goes back to m + 1, so longer rows feed their remaining prefix tokens one step
     at a time, overwriting what the prefill stored there for shorter rows' padding.
-    logits (B, P + 1, V), prefix (B, P)."""
+    logits (B, P + 1, V), prefix (B, P). Without BOS (`after_bos=False`: logits
+    (B, P, V)) every position is one earlier: logits at m - 1, cache index m."""
     index = jnp.min(jnp.sum(prefix != PAD_ID, axis=1))
-    decoder_cache = {**cache["decoder"], "cache_index": (index + 1).astype(jnp.int32)}
+    consumed = index + 1 if after_bos else index  # decoder inputs before the first choice
+    decoder_cache = {**cache["decoder"], "cache_index": consumed.astype(jnp.int32)}
     return DecodeStart(
-        logits=lax.dynamic_index_in_dim(logits, index, axis=1, keepdims=False),
+        logits=lax.dynamic_index_in_dim(logits, consumed - 1, axis=1, keepdims=False),
         cache={**cache, "decoder": decoder_cache},
         index=index.astype(jnp.int32),
         forced=jnp.pad(prefix, ((0, 0), (0, max_decode_len - prefix.shape[1]))),
@@ -473,24 +477,33 @@ def decode_batch(
 # The decoder-only language model.
 
 
-def prefill_lm(model, params, prompt, *, max_decode_len: int) -> DecodeStart:
+def prefill_lm(
+    model, params, prompt, *, max_decode_len: int, prepend_bos: bool = True
+) -> DecodeStart:
     """Run the language model once over BOS and the whole prompt.
 
     prompt (B, P) with P < max_decode_len, each row right-padded with PAD
     (rows may differ in length). The prompt is the forced prefix of the
     output; the cache is allocated for max_decode_len positions.
+    `prepend_bos=False` feeds the prompt alone, as a pretrained checkpoint whose
+    tokenizer adds its own start token (or none: GPT-2) expects; every row then
+    needs at least one token.
     """
     prompt = _checked_prefix(model, prompt.shape[0], prompt, max_decode_len)
+    if not prepend_bos and prompt.shape[1] == 0:
+        raise ValueError("prepend_bos=False needs a prompt of at least one token per row.")
     tokens = jnp.zeros((prompt.shape[0], max_decode_len), jnp.int32)
     init = functools.partial(model.init, decode=True, method=model.decode)
     logits, variables = model.apply(
         {"params": params, "cache": _empty_cache(init, tokens)},
-        _decoder_inputs(prompt),
+        _decoder_inputs(prompt) if prepend_bos else prompt.astype(jnp.int32),
         decode=True,
         method=model.decode,
         mutable=["cache"],
-    )  # logits (B, P + 1, V)
-    return _start_after_prefill(logits, variables["cache"], prompt, max_decode_len)
+    )  # logits (B, P + 1, V), or (B, P, V) without BOS
+    return _start_after_prefill(
+        logits, variables["cache"], prompt, max_decode_len, after_bos=prepend_bos
+    )
 
 
 def make_lm_tokens_to_logits(model, params) -> TokensToLogits:

@@ -4,10 +4,16 @@ r"""Generate text with a trained language model: `python -m flaxformer_lite.gene
         --max_new_tokens=300 --temperature=0.8 --top_k=50 [--top_p=0.9 --seed=1 --num_samples=3]
 
 The model, its tokenizer and its parameters come from a decoder-only training
-run's workdir. The text is printed token by token as the model writes it: the
-whole generation is one compiled call (`decoding.prefill_lm`, then
-`decoding.temperature_sample` over the KV cache), and the decoding loop hands
-every token it reads back to the host as it goes.
+run's workdir, or (--model_dir=DIR) from a Hugging Face causal LM directory (GPT-2,
+Llama; `flaxformer_lite.pretrained`), whose prompt is tokenized as the checkpoint's own
+tokenizer does it (Llama's <s> first, nothing for GPT-2) and fed without our BOS:
+
+    python -m flaxformer_lite.generate --model_dir=gpt2 --prompt="Hello" --temperature=0
+
+The text is printed token by token as the model writes it: the whole generation
+is one compiled call (`decoding.prefill_lm`, then `decoding.temperature_sample`
+over the KV cache), and the decoding loop hands every token it reads back to the
+host as it goes.
 
 The model's context is `max_len` positions, BOS included. A prompt must leave
 room for BOS and one new token (at most max_len - 1 tokens), or it is refused
@@ -29,12 +35,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
+from flaxformer_lite import pretrained
 from flaxformer_lite.config import ConfigError
 from flaxformer_lite.data import DataError, DataOptions
 from flaxformer_lite.data.formats import data_format
 from flaxformer_lite.data.tokenizers import REPLACEMENT_CHARACTER
 from flaxformer_lite.decoding import make_lm_tokens_to_logits, prefill_lm, temperature_sample
-from flaxformer_lite.special_tokens import EOS_ID
+from flaxformer_lite.special_tokens import BOS_ID, EOS_ID
 from flaxformer_lite.trained_run import load_trained_run
 from flaxformer_lite.training.checkpoint import CheckpointError
 
@@ -59,10 +66,18 @@ def check_options(*, max_new_tokens: int, temperature: float, top_k: int, top_p:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("model", "max_decode_len", "temperature", "top_k", "top_p", "report"),
+    static_argnames=(
+        "model",
+        "max_decode_len",
+        "temperature",
+        "top_k",
+        "top_p",
+        "report",
+        "prepend_bos",
+    ),
 )
 def _continue_window(
-    model, params, window, rng, *, max_decode_len, temperature, top_k, top_p, report
+    model, params, window, rng, *, max_decode_len, temperature, top_k, top_p, report, prepend_bos
 ):
     """window (1, W) -> tokens (1, max_decode_len): the window, what follows it, EOS, PAD.
 
@@ -76,22 +91,43 @@ def _continue_window(
             jax.debug.callback(report, tokens[0, 0], ordered=True)
         return step(tokens, cache)
 
-    start = prefill_lm(model, params, window, max_decode_len=max_decode_len)
+    start = prefill_lm(
+        model, params, window, max_decode_len=max_decode_len, prepend_bos=prepend_bos
+    )
     return temperature_sample(
         step_and_report, start, rng, temperature=temperature, top_k=top_k, top_p=top_p
     )
 
 
 class LanguageModel:
-    """A trained decoder-only run, ready to continue prompts."""
+    """A trained decoder-only run, or a pretrained causal LM, ready to continue prompts.
 
-    def __init__(self, workdir: str, step: int | None = None):
-        run = load_trained_run(workdir, step, family="decoder_only")
-        self.tokenizer, self.params = run.tokenizer, run.params
-        self.model = run.family.module
+    Give a training run's `workdir` (and `step`), or a Hugging Face `model_dir`.
+    """
+
+    def __init__(
+        self, workdir: str | None = None, step: int | None = None, *, model_dir: str | None = None
+    ):
+        if (workdir is None) == (model_dir is None):
+            raise GenerationError("Give --workdir (a training run) or --model_dir, not both.")
+        if model_dir is not None:
+            loaded = pretrained.load(model_dir)
+            if loaded.kind != "causal_lm":
+                raise GenerationError(
+                    f"{model_dir} holds a {loaded.model_type} model; generate needs a causal "
+                    "language model (gpt2, llama)."
+                )
+            self.tokenizer, self.params, self.model = loaded.tokenizer, loaded.params, loaded.model
+            self.prompt_suffix = []
+            self.from_checkpoint = True  # the checkpoint's own special tokens, no BOS of ours
+        else:
+            run = load_trained_run(workdir, step, family="decoder_only")
+            self.tokenizer, self.params = run.tokenizer, run.params
+            self.model = run.family.module
+            # SEP after the prompt when the model learned `source SEP target` rows.
+            self.prompt_suffix = data_format(DataOptions.from_config(run.config)).prompt_suffix
+            self.from_checkpoint = False
         self.context = self.model.config.max_len  # positions, BOS included
-        # SEP after the prompt when the model learned `source SEP target` rows.
-        self.prompt_suffix = data_format(DataOptions.from_config(run.config)).prompt_suffix
         # The listener of the current window call, how many ids it may take, how many it got.
         self._listener: TokenListener | None = None
         self._limit = self._reported = 0
@@ -104,7 +140,11 @@ class LanguageModel:
     def encode_prompt(self, prompt: str) -> list[int]:
         """The prompt's token ids, then SEP for a prompt -> completion model;
         GenerationError if BOS, they and one new token overflow the context."""
-        ids = [*self.tokenizer.encode(prompt), *self.prompt_suffix]
+        if self.from_checkpoint:
+            # An empty prompt starts from the checkpoint's BOS, as transformers does.
+            ids = self.tokenizer.encode_with_special_tokens(prompt) or [BOS_ID]
+        else:
+            ids = [*self.tokenizer.encode(prompt), *self.prompt_suffix]
         if len(ids) > self.context - 1:
             raise GenerationError(
                 f"The prompt is {len(ids)} tokens and the model's context holds "
@@ -165,6 +205,7 @@ class LanguageModel:
             rng,
             max_decode_len=max_decode_len,
             report=None if on_token is None else self._report,
+            prepend_bos=not self.from_checkpoint,
             **sampling,
         )
         ids = np.asarray(output)[0, len(window) :].tolist()[:limit]
@@ -219,6 +260,12 @@ class TextStream:
 # and one process (a test session, a notebook) may import both tools.
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("workdir", None, "The training run's workdir.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "model_dir",
+    None,
+    "A Hugging Face causal LM directory (instead of --workdir).",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string("prompt", "", "Text to continue (empty: from BOS alone).", flag_values=FLAGS)
 flags.DEFINE_integer(
     "max_new_tokens", 200, "Tokens to generate per sample (fewer at EOS).", flag_values=FLAGS
@@ -252,14 +299,23 @@ def main(argv):
     warnings.filterwarnings("ignore", message="Sharding info not provided")
     sampling = dict(temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p)
     try:
-        if FLAGS.workdir is None:
-            raise GenerationError("--workdir is missing: name a training run's workdir.")
+        if FLAGS.workdir is None and FLAGS.model_dir is None:
+            raise GenerationError(
+                "--workdir is missing: name a training run's workdir (or --model_dir)."
+            )
         check_options(max_new_tokens=FLAGS.max_new_tokens, **sampling)
         if FLAGS.num_samples < 1:
             raise GenerationError(f"--num_samples={FLAGS.num_samples}: draw at least 1.")
-        language_model = LanguageModel(FLAGS.workdir, FLAGS.step)
+        language_model = LanguageModel(FLAGS.workdir, FLAGS.step, model_dir=FLAGS.model_dir)
         prompt_ids = language_model.encode_prompt(FLAGS.prompt)
-    except (OSError, CheckpointError, ConfigError, DataError, GenerationError) as error:
+    except (
+        OSError,
+        CheckpointError,
+        ConfigError,
+        DataError,
+        GenerationError,
+        pretrained.PretrainedError,
+    ) as error:
         raise SystemExit(f"error: {error}") from None  # bad input: one line, no trace
     seed = jax.random.key(FLAGS.seed)
     for sample in range(FLAGS.num_samples):

@@ -1,0 +1,222 @@
+"""Hugging Face checkpoints through `flaxformer_lite.pretrained`, against transformers.
+
+The fixtures in tests/fixtures/pretrained/ are tiny random models that
+scripts/make_pretrained_fixtures.py saved with transformers + torch, together with
+what transformers computed for them. Nothing here imports torch or transformers.
+"""
+
+import functools
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from flaxformer_lite import decoding, pretrained
+from flaxformer_lite.generate import LanguageModel
+from flaxformer_lite.pretrained.vocabulary import CheckpointVocabulary
+from flaxformer_lite.pretrained.weights import CheckpointTensors
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "pretrained"
+LANGUAGE_MODELS = [name for name in ("gpt2", "llama") if name in pretrained.SUPPORTED]
+ENCODERS = [name for name in ("bert", "roberta", "distilbert") if name in pretrained.SUPPORTED]
+TOLERANCE = 1e-5
+NEW_TOKENS = 8  # as the fixture script generated
+
+
+@functools.cache
+def load(name: str) -> pretrained.Pretrained:
+    return pretrained.load(str(FIXTURES / name))
+
+
+def reference(name: str) -> tuple[dict, dict]:
+    """reference.json and every reference/*.npy of fixture `name`."""
+    directory = FIXTURES / name / "reference"
+    meta = json.loads((directory / "reference.json").read_text())
+    arrays = {path.stem: np.load(path) for path in directory.glob("*.npy")}
+    return meta, arrays
+
+
+def assert_close_on(mask, ours, theirs, atol=TOLERANCE):
+    """ours == theirs (B, T, ...) at the real positions of mask (B, T)."""
+    real = np.asarray(mask, bool)
+    np.testing.assert_allclose(ours[real], theirs[real], atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_encoder_outputs_match_transformers(name):
+    meta, expected = reference(name)
+    types = meta.get("token_types")
+    outputs = load(name).forward(
+        np.array(meta["ids"]),
+        np.array(meta["mask"]),
+        token_type_ids=None if types is None else np.array(types),
+    )
+    assert_close_on(meta["mask"], outputs["hidden"], expected["hidden_states"])
+    assert_close_on(meta["mask"], outputs["mlm_logits"], expected["mlm_logits"])
+    if "pooled" in expected:
+        np.testing.assert_allclose(outputs["pooled"], expected["pooled"], atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("name", LANGUAGE_MODELS)
+def test_language_model_logits_match_transformers(name):
+    meta, expected = reference(name)
+    outputs = load(name).forward(np.array(meta["ids"]), np.array(meta["mask"]))
+    assert_close_on(meta["mask"], outputs["logits"], expected["logits"])
+
+
+@pytest.mark.parametrize("name", LANGUAGE_MODELS)
+def test_greedy_generation_matches_transformers(name):
+    """Greedy search from every prompt at once (right-padded, of different lengths) writes
+    transformers' tokens exactly; so does the generate CLI's LanguageModel on one prompt."""
+    meta, _ = reference(name)
+    loaded = load(name)
+    vocabulary = loaded.tokenizer.vocabulary
+    prompts = [loaded.tokenizer.encode_with_special_tokens(text) for text in meta["prompts"]]
+    width = max(map(len, prompts))
+    batch = np.zeros((len(prompts), width), np.int32)
+    for row, ids in enumerate(prompts):
+        batch[row, : len(ids)] = ids
+    start = decoding.prefill_lm(
+        loaded.model, loaded.params, batch, max_decode_len=width + NEW_TOKENS, prepend_bos=False
+    )
+    step = decoding.make_lm_tokens_to_logits(loaded.model, loaded.params)
+    tokens = np.asarray(decoding.greedy_search(step, start))
+    for row, (ids, expected) in enumerate(zip(prompts, meta["generations"], strict=True)):
+        new = tokens[row, len(ids) : len(ids) + len(expected)]
+        assert vocabulary.to_checkpoint_ids(new).tolist() == expected, meta["prompts"][row]
+
+    language_model = LanguageModel(model_dir=str(FIXTURES / name))
+    ids = language_model.generate(
+        language_model.encode_prompt(meta["prompts"][0]), max_new_tokens=NEW_TOKENS
+    )
+    assert vocabulary.to_checkpoint_ids(ids).tolist() == meta["generations"][0]
+
+
+@pytest.mark.parametrize("name", [*ENCODERS, *LANGUAGE_MODELS])
+def test_tokenizer_gives_the_checkpoints_ids(name):
+    meta, _ = reference(name)
+    tokenizer = load(name).tokenizer
+    for text, row, mask in zip(meta["texts"], meta["ids"], meta["mask"], strict=True):
+        ours = tokenizer.encode_with_special_tokens(text)
+        expected = [token for token, real in zip(row, mask, strict=True) if real]
+        assert tokenizer.vocabulary.to_checkpoint_ids(ours).tolist() == expected
+
+
+def test_vocabulary_moves_ids_past_pad_eos_bos():
+    vocabulary = CheckpointVocabulary(size=10, pad_id=1, eos_id=2, start_id=0)
+    ours = vocabulary.to_model_ids([0, 1, 2, 3, 9])
+    assert ours.tolist() == [3, 0, 1, 6, 12]
+    assert vocabulary.to_checkpoint_ids([0, 1, 2, 3, 6, 12]).tolist() == [1, 2, 0, 0, 3, 9]
+    table = np.arange(10, dtype=np.float32)[:, None]
+    assert vocabulary.rows(table)[:, 0].tolist() == [1, 2, 0, *range(10)]
+
+
+def test_sharded_checkpoint_loads_like_a_single_file(tmp_path):
+    """model.safetensors.index.json and its shards give the same parameters."""
+    directory = copy_fixture("gpt2", tmp_path)
+    tensors = load_file(directory / "model.safetensors")
+    names = sorted(tensors)
+    halves = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    weight_map = {}
+    for shard, shard_names in halves.items():
+        save_file({name: tensors[name] for name in shard_names}, directory / shard)
+        weight_map.update(dict.fromkeys(shard_names, shard))
+    (directory / "model.safetensors").unlink()
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    sharded = pretrained.load(str(directory))
+    single = load("gpt2")
+    flat_sharded = dict(flatten(sharded.params))
+    for path, value in flatten(single.params):
+        np.testing.assert_array_equal(flat_sharded[path], value)
+
+
+# Bad directories: one PretrainedError each, naming the file or tensor -------------------
+
+
+def copy_fixture(name: str, tmp_path: pathlib.Path) -> pathlib.Path:
+    directory = tmp_path / name
+    shutil.copytree(FIXTURES / name, directory, ignore=shutil.ignore_patterns("reference"))
+    return directory
+
+
+def edit_tensors(directory: pathlib.Path, edit) -> None:
+    tensors = load_file(directory / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, directory / "model.safetensors")
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(pretrained.PretrainedError, match="is not a directory"):
+        pretrained.load(str(tmp_path / "nowhere"))
+
+
+def test_missing_config(tmp_path):
+    directory = copy_fixture("gpt2", tmp_path)
+    (directory / "config.json").unlink()
+    with pytest.raises(pretrained.PretrainedError, match=r"config\.json is missing"):
+        pretrained.load(str(directory))
+
+
+def test_missing_weights(tmp_path):
+    directory = copy_fixture("gpt2", tmp_path)
+    (directory / "model.safetensors").unlink()
+    with pytest.raises(pretrained.PretrainedError, match=r"neither model\.safetensors"):
+        pretrained.load(str(directory))
+
+
+def test_missing_tokenizer(tmp_path):
+    directory = copy_fixture("gpt2", tmp_path)
+    (directory / "tokenizer.json").unlink()
+    with pytest.raises(pretrained.PretrainedError, match=r"no tokenizer\.json or vocab\.txt"):
+        pretrained.load(str(directory))
+
+
+def test_unsupported_model_type(tmp_path):
+    directory = copy_fixture("gpt2", tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    config["model_type"] = "mamba"
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(pretrained.PretrainedError, match="model_type='mamba' is not supported"):
+        pretrained.load(str(directory))
+
+
+def test_unknown_tensor(tmp_path):
+    directory = copy_fixture("gpt2", tmp_path)
+    edit_tensors(directory, lambda t: t.update({"h.0.attn.rotary": np.zeros(3, np.float32)}))
+    with pytest.raises(pretrained.PretrainedError, match="'h.0.attn.rotary'"):
+        pretrained.load(str(directory))
+
+
+def test_missing_tensor(tmp_path):
+    directory = copy_fixture("gpt2", tmp_path)
+    edit_tensors(directory, lambda t: t.pop("transformer.h.1.mlp.c_fc.bias"))
+    with pytest.raises(pretrained.PretrainedError, match="no tensor 'h.1.mlp.c_fc.bias'"):
+        pretrained.load(str(directory))
+
+
+def test_shape_mismatch_is_found_before_any_tensor_is_read(tmp_path, monkeypatch):
+    directory = copy_fixture("gpt2", tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    config["n_inner"] = 2 * config["n_embd"]  # the weights have 4 * n_embd
+    (directory / "config.json").write_text(json.dumps(config))
+
+    def fail(self, name):
+        raise AssertionError(f"read {name} before checking shapes")
+
+    monkeypatch.setattr(CheckpointTensors, "read", fail)
+    with pytest.raises(pretrained.PretrainedError, match=r"'h.0.mlp.c_fc.weight' has shape"):
+        pretrained.load(str(directory))
+
+
+def flatten(tree, prefix=()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from flatten(value, (*prefix, key))
+        else:
+            yield "/".join((*prefix, key)), np.asarray(value)
