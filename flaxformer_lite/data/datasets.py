@@ -81,7 +81,9 @@ class Datasets:
         Rows after the last example are all zeros (segmentation 0), so metrics that weigh
         tokens by their segmentation count every example exactly once.
         """
-        batches = pipeline.eval_dataset(self._examples(split), self.options, self.layout)
+        batches = pipeline.eval_dataset(
+            self._examples(split), self.options, self.layout, self.tokenizer.vocab_size
+        )
         return (batches[index] for index in range(len(batches)))
 
     def reference_texts(self, split: str = "validation") -> list[str]:
@@ -385,7 +387,7 @@ def describe(
     eval_rows = [layout.num_devices, options.eval_batch_size]
     rows = layout.num_devices * options.per_device_batch_size
     real = dict(zip(("source", "target"), first_batch_tokens, strict=True))
-    slots = {"source": lengths.get("inputs", 0) * rows, "target": lengths["targets"] * rows}
+    slots = {"source": lengths.get("inputs", 0) * rows, "target": lengths.get("targets", 0) * rows}
     real_line = ", ".join(
         f"{side} {real[side]:,} of {slots[side]:,} slots ({real[side] / slots[side]:.0%})"
         for side in real

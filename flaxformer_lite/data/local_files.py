@@ -9,7 +9,8 @@ Four formats, chosen by `config.dataset`; every file is UTF-8 text, one example 
                                                       (empty source, the line as target); a
                                                       decoder-only model reads the file whole
                                                       instead (data/text_stream.py)
-    "classification"  train_file, eval_file           text<TAB>label (the label as target)
+    "classification"  train_file, eval_file           label<TAB>text (the text as source, the
+                                                      label as target)
 
 The eval files are optional: without them there is a train split only. Blank lines are
 skipped. The builder config is named after the format and a hash of the files' contents, so
@@ -47,7 +48,7 @@ LINE_FORMATS = {
     "tsv": "source<TAB>target",
     "aligned": "one sentence",
     "text": "a line of text",
-    "classification": "text<TAB>label",
+    "classification": "label<TAB>text",
 }
 
 
@@ -100,6 +101,9 @@ def to_pair(format_name: str, line: str) -> tuple[str, str]:
     """A non-blank line of a single-file format as a (source, target) pair."""
     if format_name == "text":
         return "", line
+    if format_name == "classification":
+        label, text = split_tab(line, LINE_FORMATS[format_name])
+        return text, label
     return split_tab(line, LINE_FORMATS[format_name])
 
 

@@ -41,6 +41,7 @@ from typing import TypeVar
 import grain
 import numpy as np
 
+from flaxformer_lite.data import masking
 from flaxformer_lite.data.formats import Example, data_format, packs_rows
 from flaxformer_lite.data.options import DataOptions
 from flaxformer_lite.data.prepared import READ_BLOCK_SIZE, TextSplit
@@ -201,6 +202,11 @@ def train_dataset(
         ).map(functools.partial(rename_packing_features, data_format(options).sequences))
     else:
         rows_of_examples = examples.map(functools.partial(pad, lengths))
+    transform = data_format(options).row_transform
+    if transform is not None:  # seeded by the rows read so far: a resumed run draws the same
+        rows_of_examples = rows_of_examples.random_map(
+            transform(options, tokenizer.vocab_size), seed=options.seed
+        )
     return batch_and_prefetch(rows_of_examples, options, layout)
 
 
@@ -251,16 +257,26 @@ def scan_lengths(
 
 
 def eval_dataset(
-    examples: list[Example], options: DataOptions, layout: HostLayout
+    examples: list[Example], options: DataOptions, layout: HostLayout, vocab_size: int = 0
 ) -> grain.MapDataset:
-    """Padded, fixed-shape batches holding each example once: this host's share of them."""
+    """Padded, fixed-shape batches holding each example once: this host's share of them.
+
+    A format's row transform (masking) needs `vocab_size`; it is seeded by each row's index,
+    so every evaluation sees the same masks.
+    """
     rows = layout.num_devices * options.eval_batch_size
     batches_per_host = math.ceil(len(examples) / (rows * layout.process_count))
     padding = [empty_example(options)] * (
         batches_per_host * rows * layout.process_count - len(examples)
     )
     shard = grain.MapDataset.source(host_shard(examples + padding, layout))
-    batches = shard.map(functools.partial(pad, max_lengths(options))).batch(rows)
+    rows_of_examples = shard.map(functools.partial(pad, max_lengths(options)))
+    transform = data_format(options).row_transform
+    if transform is not None:
+        rows_of_examples = rows_of_examples.random_map(
+            transform(options, vocab_size), seed=masking.EVAL_MASK_SEED
+        )
+    batches = rows_of_examples.batch(rows)
     return batches.map(functools.partial(split_devices, layout.num_devices))
 
 
@@ -270,4 +286,5 @@ def real_tokens(batch: dict[str, np.ndarray]) -> tuple[int, int]:
     A decoder-only batch has no source: its prompts are part of `targets`.
     """
     sources = batch.get("inputs", np.zeros(0, np.int32))
-    return int(np.sum(sources != PAD_ID)), int(np.sum(batch["targets"] != PAD_ID))
+    targets = batch.get("targets", np.zeros(0, np.int32))  # an encoder-only batch may have none
+    return int(np.sum(sources != PAD_ID)), int(np.sum(targets != PAD_ID))

@@ -1,4 +1,4 @@
-"""Synthetic tasks, the default data: copy, reverse, sort and multi-digit addition.
+"""Synthetic tasks, the default data: copy, reverse, sort, multi-digit addition, is_sorted.
 
 Each example is a pair of short strings over a small alphabet, so the byte tokenizer reads
 them and a decoded prediction prints readably:
@@ -7,6 +7,12 @@ them and a decoded prediction prints readably:
     reverse   "3141"    -> "1413"
     sort      "3141"    -> "1134"
     addition  "395+27"  -> "422"     (in base `num_symbols`; here 10)
+    is_sorted "1134"    -> "sorted",  "1314" -> "unsorted"   (classification)
+
+is_sorted is a classification task that needs attention: half the strings are sorted, the
+other half are a sorted string with two unequal symbols swapped, so both classes hold the
+same symbols in the same numbers and a bag-of-tokens model is at chance (50%); the model
+must compare symbols at different positions.
 
 A task is a TFDS builder like any catalog dataset: `download_and_prepare` writes it to
 ArrayRecord files and `tfds.data_source` reads them back, without TensorFlow. The options
@@ -30,7 +36,8 @@ import tensorflow_datasets as tfds
 from flaxformer_lite.data.options import DataError, DataOptions
 
 ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase  # ASCII order.
-TASKS = ("copy", "reverse", "sort", "addition")
+TASKS = ("copy", "reverse", "sort", "addition", "is_sorted")
+SORTED_LABELS = ("unsorted", "sorted")  # is_sorted's labels, in id order
 SPLITS = ("train", "validation", "test", "test_long")
 MAX_REJECTED_FRACTION = 0.9  # Of the drawn training examples, when keeping held-out inputs out.
 
@@ -95,11 +102,33 @@ def make_examples(
             (f"{a}+{b}", add_numerals(a, b, alphabet)) for a, b in zip(lefts, rights, strict=True)
         ]
     sources = random_strings(rng, count, alphabet, min_length, max_length)
+    if task == "is_sorted":
+        return sorted_or_swapped(rng, sources)
     if task == "copy":
         return [(source, source) for source in sources]
     if task == "reverse":
         return [(source, source[::-1]) for source in sources]
     return [(source, "".join(sorted(source))) for source in sources]  # sort
+
+
+def sorted_or_swapped(rng: np.random.Generator, strings: list[str]) -> list[tuple[str, str]]:
+    """Each string sorted ("sorted"), or sorted with two unequal symbols swapped ("unsorted").
+
+    Which of the two, uniformly at random. A string of one repeated symbol cannot be
+    unsorted, so it stays sorted.
+    """
+    examples = []
+    for string_, make_unsorted in zip(strings, rng.random(len(strings)) < 0.5, strict=True):
+        symbols = sorted(string_)
+        unequal = [(i, j) for i in range(len(symbols)) for j in range(i + 1, len(symbols))
+                   if symbols[i] != symbols[j]]  # fmt: skip
+        if make_unsorted and unequal:
+            i, j = unequal[rng.integers(len(unequal))]
+            symbols[i], symbols[j] = symbols[j], symbols[i]
+            examples.append(("".join(symbols), SORTED_LABELS[0]))
+        else:
+            examples.append(("".join(symbols), SORTED_LABELS[1]))
+    return examples
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)

@@ -13,11 +13,20 @@ from flaxformer_lite.families.base import Batch, ModelFamily, transformer_config
 from flaxformer_lite.families.captioning import ImageCaptioning
 from flaxformer_lite.families.decoder_only import DecoderOnly
 from flaxformer_lite.families.encoder_decoder import EncoderDecoder
+from flaxformer_lite.families.encoder_only import EncoderClassifier, EncoderOnly
 from flaxformer_lite.families.recurrent import RnnLM, RnnSeq2Seq
 
 FAMILIES: dict[str, type[ModelFamily]] = {
     family.name: family
-    for family in (EncoderDecoder, DecoderOnly, ImageCaptioning, RnnSeq2Seq, RnnLM)
+    for family in (
+        EncoderDecoder,
+        DecoderOnly,
+        ImageCaptioning,
+        RnnSeq2Seq,
+        RnnLM,
+        EncoderOnly,
+        EncoderClassifier,
+    )
 }
 
 

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 
 from flaxformer_lite.config import ConfigError, TransformerConfig, required_field
 
@@ -99,6 +100,15 @@ class ModelFamily(abc.ABC):
     @abc.abstractmethod
     def train_step_flops(self, num_rows: int) -> int:
         """Model FLOPs of one training step on `num_rows` rows (see `flaxformer_lite.flops`)."""
+
+    def eval_metrics(self, sums: list[Batch]) -> dict[str, float]:
+        """Metrics of this family beyond the shared ones (e.g. macro-F1), from the metric sums
+        of every evaluation step; the trainer reports each as eval_<name>."""
+        return {}
+
+    def optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+        """The optimizer this family trains with: `tx`, or `tx` kept off frozen parameters."""
+        return tx
 
     def init_params(self, rng: jax.Array):
         """Parameters from shapes alone: `module.init` on `example_batch`, compiled.

@@ -31,17 +31,22 @@ from flaxformer_lite.training.schedules import make_schedule
 def create_train_state(family: ModelFamily, config, rng: jax.Array) -> TrainState:
     """Initialise parameters from shapes alone (jit), then the optimizer state."""
     params = family.init_params(rng)
-    return TrainState.create(apply_fn=family.module.apply, params=params, tx=make_optimizer(config))
+    tx = family.optimizer(make_optimizer(config))
+    return TrainState.create(apply_fn=family.module.apply, params=params, tx=tx)
 
 
 def _first_replica(tree):
     return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
 
 
+def evaluation_sums(p_eval_step, state, datasets, split: str = "validation") -> list[dict]:
+    """The metric sums of every evaluation batch of `split`, on the host."""
+    return [_first_replica(p_eval_step(state, batch)) for batch in datasets.eval_batches(split)]
+
+
 def evaluate(p_eval_step, state, datasets, split: str = "validation") -> dict[str, float]:
     """Teacher-forced metrics over every example of `split`, each scored once."""
-    sums = [p_eval_step(state, batch) for batch in datasets.eval_batches(split)]
-    return summarize([_first_replica(s) for s in sums])
+    return summarize(evaluation_sums(p_eval_step, state, datasets, split))
 
 
 def decode_split(family: ModelFamily, p_predict, params, datasets, split: str = "validation"):
@@ -164,13 +169,15 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
     )
 
     def run_evaluation(step, train):
-        teacher_forced = evaluate(p_eval_step, state, datasets)
+        sums = evaluation_sums(p_eval_step, state, datasets)
+        teacher_forced = summarize(sums)
         metrics = {"train_loss": train["loss"]} if train else {}
         metrics.update(
             eval_loss=teacher_forced["loss"],
             eval_perplexity=teacher_forced["perplexity"],
             eval_accuracy=teacher_forced["accuracy"],
         )
+        metrics.update({f"eval_{name}": value for name, value in family.eval_metrics(sums).items()})
         if datasets.eval_bytes:  # plain text: bits per byte, comparable across tokenizers
             nll_nats = teacher_forced["nll"] * teacher_forced["tokens"]
             metrics["eval_bits_per_byte"] = (

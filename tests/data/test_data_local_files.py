@@ -62,7 +62,7 @@ def test_plain_text_becomes_targets_with_empty_sources(tmp_path, make_config):
 
 
 def test_classification_labels_become_targets(tmp_path, make_config):
-    tsv = write(tmp_path / "reviews.tsv", "great film\tpos\nawful\tneg\n")
+    tsv = write(tmp_path / "reviews.tsv", "pos\tgreat film\nneg\tawful\n")
     data = create_datasets(
         make_config(dataset="classification", train_file=tsv, eval_file=tsv), str(tmp_path), 1
     )
@@ -129,7 +129,7 @@ def test_malformed_lines_are_skipped_counted_and_named(tmp_path, make_config):
 
 
 def test_classification_files_skip_malformed_lines_too(tmp_path, make_config):
-    tsv = write(tmp_path / "reviews.tsv", "great\tpos\nno label\nbad\tneg\tpos\nawful\tneg\n")
+    tsv = write(tmp_path / "reviews.tsv", "pos\tgreat\nno label\nneg\tbad\tpos\nneg\tawful\n")
     data = create_datasets(
         make_config(dataset="classification", train_file=tsv, eval_file=tsv), str(tmp_path), 1
     )
