@@ -65,11 +65,14 @@ def encoder_layout(
     position_offset: int,
     mlm_prefix: str,
     mlm_names: dict,
+    head_activation: str | None = None,
     extra_ignored: tuple[str, ...] = (),
 ) -> Layout:
     """The layout of BERT's tensor names; RoBERTa shares it (see roberta.py).
 
     `position_offset` rows of the position table come before position 0 (RoBERTa: 2).
+    The MLM head's `mlm_names` (transform, norm, bias) sit under `mlm_prefix`; its
+    activation is `head_activation`, or hidden_act's when None (BERT).
     """
     size = common.field(hf_config, "vocab_size", path=path)
     width = common.field(hf_config, "hidden_size", path=path)
@@ -104,7 +107,7 @@ def encoder_layout(
         num_token_types=token_types,
         embedding_norm=True,
         has_mlm_head=has_mlm_head,
-        head_activation=act,
+        head_activation=head_activation or act,
         has_pooler=has_pooler,
     )
     vocabulary = CheckpointVocabulary.from_config(hf_config, size)
