@@ -23,9 +23,28 @@ import jax
 AXIS_NAMES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "layers")
 
 
+class LogicalNames(nn.LogicallyPartitioned):
+    """A parameter boxed with its logical axis names, which unboxes to the bare value.
+
+    Flax's own box also constrains the value to its layout when unboxed under a mesh.
+    Here the layout of every parameter is already fixed by the shardings `jax.jit` is
+    given (training/mesh.py), and that constraint breaks DenseGeneral (flax 0.12): its
+    initializer makes a flattened 2-D kernel, constrains it by the 3-D names, and only
+    then reshapes it.
+    """
+
+    def unbox(self, apply_constraint: bool = True):
+        del apply_constraint  # the layout comes from jit's shardings
+        return self.value
+
+
 def partitioned(initializer: Callable, *axis_names: str | None) -> Callable:
     """`initializer` whose parameters carry one logical name per axis."""
-    return nn.with_logical_partitioning(initializer, axis_names)
+
+    def initialize(*args, **kwargs):
+        return LogicalNames(initializer(*args, **kwargs), axis_names)
+
+    return initialize
 
 
 def constrain(x: jax.Array, *axis_names: str | None) -> jax.Array:
