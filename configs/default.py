@@ -132,8 +132,30 @@ def get_config() -> ml_collections.ConfigDict:
     config.rnn_bidirectional = True  # rnn_seq2seq: the encoder also reads right to left
     config.rnn_attention = True  # rnn_seq2seq: additive attention; False: the final state alone
 
-    # Multi-host: call jax.distributed.initialize() (TPU pods, GPU clusters).
+    # Parallelism (training/mesh.py): pmap keeps a full copy of the state on every device;
+    # mesh runs the step under jax.jit over a data x fsdp x tensor device mesh, the state
+    # sharded by the logical axis names every parameter carries (layers/sharding.py).
+    # configs/mesh_data.py, mesh_fsdp.py and mesh_fsdp_tensor.py set it up.
+    config.parallelism = "pmap"  # pmap | mesh
+    config.mesh_shape = "data=-1"  # mesh: devices per axis, "data=2,fsdp=2,tensor=1"; -1: the rest
+    # mesh: logical name -> mesh axes, in priority order (a mesh axis serves one array axis).
+    config.logical_axis_rules = (
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("heads", "tensor"),
+        ("mlp", "tensor"),
+        ("vocab", "tensor"),
+    )
+
+    # Multi-process: call jax.distributed.initialize() (TPU pods, GPU clusters, local CPU
+    # processes: scripts/launch_local.py). Unset fields come from JAX_COORDINATOR_ADDRESS,
+    # JAX_NUM_PROCESSES and JAX_PROCESS_ID, else from the cluster (SLURM, TPU metadata, ...).
     config.distributed = False
+    config.coordinator_address = placeholder(str)  # host:port of process 0's coordinator
+    config.num_processes = placeholder(int)
+    config.process_id = placeholder(int)
+    config.initialization_timeout_seconds = 300  # every process must join within this
+    config.heartbeat_timeout_seconds = 100  # a process silent this long fails the job
     return config
     # Encoder-only (BERT) families: encoder_only (masked-LM pre-training), encoder_classifier.
     config.mlm_probability = 0.15  # of a row's real tokens chosen: 80% MASK, 10% random, 10% kept
