@@ -220,3 +220,21 @@ def flatten(tree, prefix=()):
             yield from flatten(value, (*prefix, key))
         else:
             yield "/".join((*prefix, key)), np.asarray(value)
+
+
+def test_layernorm_gamma_beta_names_read_as_weight_bias(tmp_path):
+    """bert-base-uncased's safetensors still say LayerNorm.gamma/beta; transformers reads
+    them as weight/bias, and so do we."""
+    directory = tmp_path / "bert"
+    shutil.copytree(FIXTURES / "bert", directory, ignore=shutil.ignore_patterns("reference"))
+
+    def rename(tensors):
+        for name in [name for name in tensors if name.endswith("LayerNorm.weight")]:
+            tensors[name.replace(".weight", ".gamma")] = tensors.pop(name)
+        for name in [name for name in tensors if name.endswith("LayerNorm.bias")]:
+            tensors[name.replace(".bias", ".beta")] = tensors.pop(name)
+
+    edit_tensors(directory, rename)
+    renamed = dict(flatten(pretrained.load(str(directory)).params))
+    for path, value in flatten(load("bert").params):
+        np.testing.assert_array_equal(renamed[path], value)

@@ -27,8 +27,10 @@ class PretrainedError(ValueError):
 class CheckpointTensors:
     """The tensors of a model directory by name, with the shapes their headers declare.
 
-    `prefix` is stripped from every name: a checkpoint saved from a model with a head
-    (BertForMaskedLM: "bert.encoder...") then reads like the bare model ("encoder...").
+    The first of `strip_prefixes` a name starts with is stripped: a checkpoint saved
+    from a model with a head (BertForMaskedLM: "bert.encoder...") then reads like the
+    bare model ("encoder..."). LayerNorm's TensorFlow-era names (gamma, beta), which
+    bert-base checkpoints still carry, read as transformers reads them (weight, bias).
     """
 
     def __init__(self, model_dir: str, *, strip_prefixes: Iterable[str] = ()):
@@ -39,7 +41,7 @@ class CheckpointTensors:
         for path in _shard_paths(model_dir):
             with safe_open(path, framework="numpy") as shard:
                 for stored in shard.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    name = _strip(stored, strip_prefixes)
+                    name = _legacy_norm_name(_strip(stored, strip_prefixes))
                     self._file_of[name] = path
                     self._stored_name[name] = stored
                     self.shapes[name] = tuple(shard.get_slice(stored).get_shape())
@@ -116,6 +118,13 @@ def _strip(name: str, prefixes: Iterable[str]) -> str:
     for prefix in prefixes:
         if name.startswith(prefix):
             return name[len(prefix) :]
+    return name
+
+
+def _legacy_norm_name(name: str) -> str:
+    for old, new in (("LayerNorm.gamma", "LayerNorm.weight"), ("LayerNorm.beta", "LayerNorm.bias")):
+        if name.endswith(old):
+            return name[: -len(old)] + new
     return name
 
 
