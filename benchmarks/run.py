@@ -3,6 +3,7 @@
     python benchmarks/run.py                   # everything (~10 minutes on a 2-core CPU)
     python benchmarks/run.py --only train      # one part: train, lm, compile, memory, decode, data
     python benchmarks/run.py --only default_seeds   # on request only (~10 minutes)
+    python benchmarks/run.py --only recurrence      # on request only (~10 minutes)
 
 Parts:
   train    train step on the bench workload vs the PyTorch peer (alternated,
@@ -17,6 +18,10 @@ Parts:
   default_seeds  `python train.py` (the default run) for seeds 0, 1 and 2: min, median
            and max exact match and wall time (benchmarks/default_seeds.py); it measures
            the default run's quality, not the speed, so it runs only with --only
+  recurrence  the Transformer vs RNN, LSTM and GRU networks: step time against length,
+           reversal exact match against length, gradient norm against distance
+           (benchmarks/recurrence.py); a teaching comparison that trains 23 small
+           models, so it runs only with --only
 
 The peer needs torch (`pip install torch==2.13.0`, the `bench` extra); without
 it the train part reports our side alone. The suite restarts itself with
@@ -43,6 +48,7 @@ import host_malloc
 import jax
 import lm_speed
 import memory
+import recurrence
 import train_speed
 import workload
 
@@ -54,7 +60,8 @@ PARTS = {
     "memory": memory.run,
 }
 OPTIONAL_PARTS = {"decode": "decode_speed", "data": "data_pipeline"}  # other people's modules
-ON_REQUEST_PARTS = {"default_seeds": default_seeds.run}  # run with --only, never by default
+# Run with --only, never by default: each trains models for minutes.
+ON_REQUEST_PARTS = {"default_seeds": default_seeds.run, "recurrence": recurrence.run}
 HEADLINES = (
     "train_ratio_vs_torch",
     "mfu",
@@ -67,6 +74,10 @@ HEADLINES = (
     "default_seeds_exact_match_median",
     "default_seeds_exact_match_max",
     "default_seeds_wall_s_max",
+    "transformer_vs_lstm_speed_at_256",
+    "reverse_exact_match_len64_transformer",
+    "reverse_exact_match_len64_lstm_attention",
+    "reverse_exact_match_len64_lstm_plain",
 )
 
 
