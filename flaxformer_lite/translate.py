@@ -2,7 +2,11 @@
 
 Reads one sentence per line from --input (default stdin) and writes one
 translation per line to --output (default stdout). The model, its tokenizer
-and its parameters all come from the training run's workdir.
+and its parameters all come from the training run's workdir, or (--model_dir=DIR)
+from a Hugging Face T5 directory (`flaxformer_lite.pretrained`):
+
+    echo "translate English to German: Hello." | \
+        python -m flaxformer_lite.translate --model_dir=t5-small --beam_size=1
 """
 
 import sys
@@ -11,6 +15,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from flaxformer_lite import pretrained
 from flaxformer_lite.config import ConfigError
 from flaxformer_lite.data import DataError
 from flaxformer_lite.decoding import decode_batch
@@ -18,19 +23,48 @@ from flaxformer_lite.special_tokens import EOS_ID
 from flaxformer_lite.trained_run import load_trained_run
 from flaxformer_lite.training.checkpoint import CheckpointError
 
+# Longest output of a pretrained model unless --max_length says otherwise.
+PRETRAINED_MAX_DECODE_LENGTH = 128
+
 
 class Translator:
-    """A trained model ready to translate: config, tokenizer and parameters of a workdir."""
+    """A model ready to translate: a training run's workdir (config, tokenizer and
+    parameters), or a Hugging Face encoder-decoder directory (`model_dir`)."""
 
-    def __init__(self, workdir: str, step: int | None = None):
-        run = load_trained_run(workdir, step, family="encoder_decoder")
-        self.config, self.tokenizer, self.params = run.config, run.tokenizer, run.params
-        self.model = run.family.module
+    def __init__(
+        self, workdir: str | None = None, step: int | None = None, *, model_dir: str | None = None
+    ):
+        if (workdir is None) == (model_dir is None):
+            raise ConfigError("Give --workdir (a training run) or --model_dir, not both.")
+        if model_dir is not None:
+            loaded = pretrained.load(model_dir)
+            if loaded.kind != "seq2seq":
+                raise ConfigError(
+                    f"{model_dir} holds a {loaded.model_type} model; translate needs an "
+                    "encoder-decoder (t5)."
+                )
+            self.tokenizer, self.params, self.model = loaded.tokenizer, loaded.params, loaded.model
+            self.max_source_length = loaded.config.max_len
+            self.max_decode_length = min(PRETRAINED_MAX_DECODE_LENGTH, loaded.config.max_len)
+        else:
+            run = load_trained_run(workdir, step, family="encoder_decoder")
+            self.config, self.tokenizer, self.params = run.config, run.tokenizer, run.params
+            self.model = run.family.module
+            self.max_source_length = self.config.max_source_length
+            self.max_decode_length = self.config.max_decode_length
+        self.from_checkpoint = model_dir is not None
 
     def encode(self, lines: list[str]) -> np.ndarray:
-        """Sentences -> (B, max_source_length) ids, EOS-terminated, PAD-filled."""
-        length = self.config.max_source_length
+        """Sentences -> (B, max_source_length) ids, EOS-terminated, PAD-filled.
+
+        A pretrained model's tokenizer adds the checkpoint's own markers (T5: </s>).
+        """
+        length = self.max_source_length
         rows = np.zeros((len(lines), length), np.int32)
+        if self.from_checkpoint:
+            ids = self.tokenizer.batch(lines, max_length=length)
+            rows[:, : ids.shape[1]] = ids
+            return rows
         for row, line in enumerate(lines):
             ids = self.tokenizer.encode(line)[: length - 1] + [EOS_ID]
             rows[row, : len(ids)] = ids
@@ -46,7 +80,7 @@ class Translator:
         batch_size: int = 64,
     ) -> list[str]:
         """Translations of `lines`, in order, decoded in batches."""
-        max_length = max_length or self.config.max_decode_length
+        max_length = max_length or self.max_decode_length
         outputs = []
         for start in range(0, len(lines), batch_size):
             chunk = lines[start : start + batch_size]
@@ -65,7 +99,8 @@ class Translator:
         return outputs
 
 
-flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
+flags.DEFINE_string("workdir", None, "The training run's workdir.")
+flags.DEFINE_string("model_dir", None, "A Hugging Face T5 directory (instead of --workdir).")
 flags.DEFINE_string("input", None, "File with one sentence per line (default: stdin).")
 flags.DEFINE_string("output", None, "Where translations go (default: stdout).")
 flags.DEFINE_integer("beam_size", 4, "1 is greedy search.")
@@ -79,13 +114,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     FLAGS = flags.FLAGS
     try:
-        translator = Translator(FLAGS.workdir, FLAGS.step)
+        translator = Translator(FLAGS.workdir, FLAGS.step, model_dir=FLAGS.model_dir)
         lines = _read_lines(FLAGS.input)
     except (
         OSError,
         CheckpointError,
         ConfigError,
         DataError,
+        pretrained.PretrainedError,
     ) as error:  # bad input: one line, no trace
         raise SystemExit(f"error: {error}") from None
     translations = translator.translate(

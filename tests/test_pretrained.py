@@ -18,10 +18,12 @@ from flaxformer_lite import decoding, pretrained
 from flaxformer_lite.generate import LanguageModel
 from flaxformer_lite.pretrained.vocabulary import CheckpointVocabulary
 from flaxformer_lite.pretrained.weights import CheckpointTensors
+from flaxformer_lite.translate import Translator
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "pretrained"
 LANGUAGE_MODELS = [name for name in ("gpt2", "llama") if name in pretrained.SUPPORTED]
 ENCODERS = [name for name in ("bert", "roberta", "distilbert") if name in pretrained.SUPPORTED]
+SEQ2SEQ = ["t5", "flan_t5"] if "t5" in pretrained.SUPPORTED else []  # v1.0 tied; v1.1 gated
 TOLERANCE = 1e-5
 NEW_TOKENS = 8  # as the fixture script generated
 
@@ -93,6 +95,40 @@ def test_greedy_generation_matches_transformers(name):
         language_model.encode_prompt(meta["prompts"][0]), max_new_tokens=NEW_TOKENS
     )
     assert vocabulary.to_checkpoint_ids(ids).tolist() == meta["generations"][0]
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ)
+def test_seq2seq_logits_match_transformers(name):
+    """Teacher-forced logits: transformers' decoder inputs are the targets shifted right
+    behind the decoder start token (T5's PAD)."""
+    meta, expected = reference(name)
+    targets, target_mask = np.array(meta["targets"]), np.array(meta["target_mask"])
+    decoder_inputs = np.pad(targets, ((0, 0), (1, 0)))[:, :-1]  # start token 0 first
+    decoder_mask = np.pad(target_mask, ((0, 0), (1, 0)), constant_values=1)[:, :-1]
+    outputs = load(name).forward(
+        np.array(meta["ids"]),
+        np.array(meta["mask"]),
+        decoder_input_ids=decoder_inputs,
+        decoder_attention_mask=decoder_mask,
+    )
+    assert_close_on(target_mask, outputs["logits"], expected["logits"])
+
+
+@pytest.mark.parametrize("name", SEQ2SEQ)
+def test_seq2seq_greedy_matches_transformers(name):
+    """translate's Translator encodes as the checkpoint's tokenizer does; greedy search
+    writes transformers' tokens, rows that stopped early padded alike."""
+    meta, _ = reference(name)
+    translator = Translator(model_dir=str(FIXTURES / name))
+    tokens = decoding.decode_batch(
+        translator.model,
+        translator.params,
+        translator.encode(meta["sources"]),
+        max_decode_len=NEW_TOKENS,
+        beam_size=1,
+    )
+    vocabulary = translator.tokenizer.vocabulary
+    assert vocabulary.to_checkpoint_ids(tokens).tolist() == meta["generations"]
 
 
 @pytest.mark.parametrize("name", [*ENCODERS, *LANGUAGE_MODELS])
@@ -238,3 +274,32 @@ def test_layernorm_gamma_beta_names_read_as_weight_bias(tmp_path):
     renamed = dict(flatten(pretrained.load(str(directory)).params))
     for path, value in flatten(load("bert").params):
         np.testing.assert_array_equal(renamed[path], value)
+
+
+@pytest.mark.skipif("llama" not in pretrained.SUPPORTED, reason="needs RoPE")
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},  # transformers 4 configs
+        {"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}},
+    ],
+)
+def test_rope_scaling_is_refused(tmp_path, settings):
+    directory = copy_fixture("llama", tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    config.pop("rope_parameters", None)
+    config.update(settings)
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(pretrained.PretrainedError, match="RoPE scaling '(llama3|linear)'"):
+        pretrained.load(str(directory))
+
+
+@pytest.mark.skipif("llama" not in pretrained.SUPPORTED, reason="needs RoPE")
+def test_rope_theta_of_a_transformers4_config(tmp_path):
+    """Configs saved by transformers 4 (TinyLlama's, say) keep rope_theta at the top level."""
+    directory = copy_fixture("llama", tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    theta = config.pop("rope_parameters")["rope_theta"]
+    config.update(rope_theta=theta, rope_scaling=None)
+    (directory / "config.json").write_text(json.dumps(config))
+    assert pretrained.load(str(directory)).config.rope_theta == theta != 10000.0
