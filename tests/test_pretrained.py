@@ -303,3 +303,11 @@ def test_rope_theta_of_a_transformers4_config(tmp_path):
     config.update(rope_theta=theta, rope_scaling=None)
     (directory / "config.json").write_text(json.dumps(config))
     assert pretrained.load(str(directory)).config.rope_theta == theta != 10000.0
+
+
+def test_pad_equal_to_eos_is_no_pad():
+    """An EOS in the input stays a token (id 1), not padding, when config.json pads with it."""
+    config = {"pad_token_id": 5, "eos_token_id": [5, 6], "bos_token_id": 4}
+    vocabulary = CheckpointVocabulary.from_config(config, size=10)
+    assert (vocabulary.pad_id, vocabulary.eos_id, vocabulary.start_id) == (None, 5, 4)
+    assert vocabulary.to_model_ids([4, 5, 6]).tolist() == [7, 1, 9]

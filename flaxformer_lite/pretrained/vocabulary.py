@@ -38,16 +38,20 @@ class CheckpointVocabulary:
 
     @classmethod
     def from_config(cls, hf_config: dict, size: int) -> CheckpointVocabulary:
-        """The roles config.json gives (a list of EOS ids counts by its first)."""
+        """The roles config.json gives (a list of EOS ids counts by its first; a PAD equal
+        to EOS counts as none)."""
 
         def first(value):
             return value[0] if isinstance(value, list) and value else value
 
         start = hf_config.get("decoder_start_token_id")
+        pad, eos = first(hf_config.get("pad_token_id")), first(hf_config.get("eos_token_id"))
         return cls(
             size=size,
-            pad_id=first(hf_config.get("pad_token_id")),
-            eos_id=first(hf_config.get("eos_token_id")),
+            # Padding with EOS (a common setting for LMs without a PAD) is padding of
+            # ours; an EOS in the text must stay a token the model sees.
+            pad_id=None if pad == eos else pad,
+            eos_id=eos,
             start_id=first(hf_config.get("bos_token_id")) if start is None else start,
         )
 
