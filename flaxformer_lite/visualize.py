@@ -6,11 +6,19 @@ library does not, so this module is imported on its own:
     logits, state = model.apply(variables, inputs, targets, mutable=["intermediates"])
     maps = visualize.attention_maps(state["intermediates"])
     visualize.plot_attention(maps["cross"][:, 0], query_labels=..., key_labels=...)
+
+Images (a ViT, an image captioner): `attention_rollout` follows attention from the
+output back to the patches through every layer, `rollout_to_grid` lays it out over
+the patch grid and `plot_patch_heatmap` draws it over the image;
+`caption_cross_attention`, `caption_words`, `word_heatmaps` and
+`plot_word_attention` show where a captioner looked while writing each word.
 """
 
 import re
 
 import numpy as np
+
+from flaxformer_lite.special_tokens import EOS_ID
 
 try:
     import matplotlib.pyplot as plt
@@ -152,3 +160,129 @@ def _set_tick_labels(ax, x_labels, y_labels, shape) -> None:
         if labels and len(labels) != length:
             raise ValueError(f"Got {len(labels)} tick labels for an axis of length {length}.")
         set_ticks(range(len(labels)), labels, fontsize=8)
+
+
+# ----------------------------------------------------------------------------
+# Images: attention rollout over a ViT, a captioner's cross-attention per word.
+
+
+def attention_rollout(weights) -> np.ndarray:
+    """Attention rollout (Abnar & Zuidema, 2020): how much each token of the last layer's
+    output draws on each input token, through every layer and its residual connection.
+
+    weights (L, ..., H, N, N), e.g. `attention_maps(...)["encoder_self"]` (L, B, H, N, N),
+    layers bottom to top. Each layer's heads are averaged, the identity is added for
+    the residual stream and the rows renormalised, A_l = (mean_h W_l + I) / 2; the
+    rollout is A_L @ ... @ A_1. Returns (..., N, N) float64, rows summing to 1.
+    """
+    weights = np.asarray(weights, np.float64)
+    if weights.ndim < 4 or weights.shape[-1] != weights.shape[-2]:
+        raise ValueError(f"attention_rollout takes (L, ..., H, N, N) weights; got {weights.shape}.")
+    mixed = weights.mean(axis=-3) + np.eye(weights.shape[-1])  # (L, ..., N, N)
+    mixed /= mixed.sum(axis=-1, keepdims=True)
+    rollout = mixed[0]
+    for layer in mixed[1:]:
+        rollout = layer @ rollout
+    return rollout
+
+
+def rollout_to_grid(rollout, grid: tuple[int, int], *, class_token: bool) -> np.ndarray:
+    """What the ViT's output reads from each patch, laid out as the patch grid.
+
+    rollout (..., N, N) from `attention_rollout`. With a class token (token 0), its row
+    over the patches; with mean pooling, the mean of every row. -> (..., Gh, Gw).
+    """
+    rollout = np.asarray(rollout)
+    relevance = rollout[..., 0, 1:] if class_token else rollout.mean(axis=-2)  # (..., N)
+    if relevance.shape[-1] != grid[0] * grid[1]:
+        raise ValueError(
+            f"{relevance.shape[-1]} patches do not fill a {grid[0]}x{grid[1]} grid: check "
+            "class_token and the grid."
+        )
+    return relevance.reshape(*relevance.shape[:-1], *grid)
+
+
+def plot_patch_heatmap(image, heat, *, ax=None, title: str | None = None, alpha: float = 0.55):
+    """An image with a heat map over its patches on top; returns the matplotlib Axes.
+
+    image (H, W, C) in [0, 1]; heat (Gh, Gw), one value per patch, scaled to its own
+    maximum and stretched over the patch it belongs to.
+    """
+    image, heat = np.asarray(image, np.float32), np.asarray(heat, np.float32)
+    if heat.ndim != 2:
+        raise ValueError(f"heat must be (Gh, Gw), one value per patch; got {heat.shape}.")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3, 3))
+    height, width = image.shape[:2]
+    ax.imshow(np.clip(image, 0.0, 1.0), extent=(0, width, height, 0))
+    scale = heat.max() if heat.max() > 0 else 1.0
+    ax.imshow(
+        heat / scale,
+        cmap="inferno",
+        alpha=alpha,
+        vmin=0.0,
+        vmax=1.0,
+        extent=(0, width, height, 0),
+        interpolation="nearest",
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def caption_words(tokens, tokenizer) -> list[tuple[str, list[int]]]:
+    """The words of a generated caption, each with the positions of the tokens that spell it.
+
+    tokens (T,) as decoding returns them (EOS, then PAD). A token belongs to the word of
+    its first non-space character, whatever the tokenizer (bytes or SentencePiece pieces);
+    EOS is the last "word", "<eos>".
+    """
+    tokens = [int(token) for token in np.asarray(tokens)]
+    words, text = [], ""
+    for position, token in enumerate(tokens):
+        if token == EOS_ID:
+            words.append(("<eos>", [position]))
+            break
+        new_text = tokenizer.decode(tokens[: position + 1])
+        added = new_text[len(text) :]
+        after_space = not words or added[0].isspace() or text.endswith(" ")
+        if added.strip() and after_space:
+            words.append((added.strip(), [position]))
+        elif added.strip() and words:
+            word, positions = words[-1]
+            words[-1] = (word + added.strip(), [*positions, position])
+        text = new_text
+    return words
+
+
+def caption_cross_attention(model, params, images, tokens) -> np.ndarray:
+    """A captioner's cross-attention while it writes `tokens`: (L, B, H, T, N).
+
+    `model` is an `ImageCaptioner`, images (B, H, W, C), tokens (B, T) a caption of each
+    (e.g. `decoding.decode_batch`'s output). One teacher-forced pass over the caption
+    computes exactly what each step of cached decoding computed.
+    """
+    _, state = model.apply({"params": params}, images, tokens, mutable=["intermediates"])
+    return attention_maps(state["intermediates"])["cross"]
+
+
+def word_heatmaps(cross, words, grid: tuple[int, int], *, layer: int = -1) -> np.ndarray:
+    """Per word, where it looked: cross (L, H, T, N) of one example, `words` from
+    `caption_words`. Heads averaged, the word's tokens averaged. -> (words, Gh, Gw)."""
+    cross = np.asarray(cross)[layer].mean(axis=0)  # (T, N)
+    return np.stack([cross[positions].mean(axis=0).reshape(grid) for _, positions in words])
+
+
+def plot_word_attention(image, words, heatmaps, *, title: str | None = None):
+    """One panel per generated word: the image, and where that word's cross-attention
+    went. `words` from `caption_words`, heatmaps (words, Gh, Gw). Returns the Figure."""
+    figure, axes = plt.subplots(
+        1, len(words), figsize=(1.7 * len(words), 2.0), squeeze=False, layout="constrained"
+    )
+    for ax, (word, _), heat in zip(axes[0], words, heatmaps, strict=True):
+        plot_patch_heatmap(image, heat, ax=ax, title=word)
+    if title:
+        figure.suptitle(title)
+    return figure
