@@ -10,6 +10,7 @@ import json
 import pathlib
 import shutil
 
+import jax
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -81,11 +82,17 @@ def test_greedy_generation_matches_transformers(name):
     batch = np.zeros((len(prompts), width), np.int32)
     for row, ids in enumerate(prompts):
         batch[row, : len(ids)] = ids
-    start = decoding.prefill_lm(
-        loaded.model, loaded.params, batch, max_decode_len=width + NEW_TOKENS, prepend_bos=False
-    )
-    step = decoding.make_lm_tokens_to_logits(loaded.model, loaded.params)
-    tokens = np.asarray(decoding.greedy_search(step, start))
+
+    @jax.jit
+    def greedy(params, prompts):
+        start = decoding.prefill_lm(
+            loaded.model, params, prompts, max_decode_len=width + NEW_TOKENS, prepend_bos=False
+        )
+        return decoding.greedy_search(
+            decoding.make_lm_tokens_to_logits(loaded.model, params), start
+        )
+
+    tokens = np.asarray(greedy(loaded.params, batch))
     for row, (ids, expected) in enumerate(zip(prompts, meta["generations"], strict=True)):
         new = tokens[row, len(ids) : len(ids) + len(expected)]
         assert vocabulary.to_checkpoint_ids(new).tolist() == expected, meta["prompts"][row]
