@@ -166,7 +166,8 @@ class SentenceEncoder:
         self._embed = jax.jit(self._embed_batch)
 
     def _embed_batch(self, params, inputs):
-        hidden = self.loaded.model.apply({"params": params}, inputs)["hidden"]  # (B, S, D)
+        model = self.loaded.model  # the encoder alone: no MLM head over the vocabulary
+        hidden = model.apply({"params": params}, inputs, method=model.encode)  # (B, S, D)
         return pool(hidden, inputs != PAD_ID, self.pooling)
 
     def embed(self, texts: list[str], *, batch_size: int = 32) -> np.ndarray:
