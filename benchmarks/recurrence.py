@@ -1,7 +1,7 @@
 """Why attention won: the Transformer against RNN, LSTM and GRU networks, on one trainer.
 
     python benchmarks/run.py --only recurrence          # all three, with the results JSON
-    python benchmarks/recurrence.py --part gradients    # one experiment, printed only
+    python benchmarks/recurrence.py --part gradients --out g.json   # one experiment
     python scripts/render_recurrence_figures.py         # the README's figures from the JSON
 
 Every model is a model family of the library (`config.model`), built from
@@ -35,7 +35,10 @@ GRADIENT_STEPS steps of GRADIENT_BATCH rows per model, 3 models.
 
 import argparse
 import contextlib
+import datetime
 import io
+import json
+import os
 import pathlib
 import statistics
 import sys
@@ -389,7 +392,21 @@ def run(parts=tuple(EXPERIMENTS)) -> dict:
     return {**headlines, **results}
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=tuple(EXPERIMENTS), action="append")
-    run(parser.parse_args().part or tuple(EXPERIMENTS))
+    parser.add_argument("--out", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    results = run(args.part or tuple(EXPERIMENTS))
+    if args.out:
+        record = {
+            "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "load_average": os.getloadavg(),
+            "results": {"recurrence": results},
+        }
+        with open(args.out, "w") as f:
+            json.dump(record, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,8 @@
 
     python benchmarks/run.py --only recurrence         # measures; writes benchmarks/results/
     python scripts/render_recurrence_figures.py        # the newest such JSON -> docs/
+    python scripts/render_recurrence_figures.py --results a.json b.json c.json
+        # parts measured separately (benchmarks/recurrence.py --part P --out F)
 
 Three panels, one per experiment of benchmarks/recurrence.py: seconds per training
 step against sequence length, held-out exact match on reversal against length, and
@@ -18,6 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -52,6 +55,7 @@ def plot_parallelism(ax, results: dict) -> None:
         ax.plot(results["lengths"], step_ms, "o-", color=COLORS[name], label=label)
     ax.set(xscale="log", yscale="log", xlabel="sequence length (tokens)", ylabel="ms per step")
     ax.set_xticks(results["lengths"], [str(n) for n in results["lengths"]])
+    ax.xaxis.set_minor_locator(NullLocator())  # only the measured lengths are labelled
     ax.set_title(f"One training step, batch {results['batch']}")
     ax.legend(fontsize=8)
 
@@ -67,13 +71,13 @@ def plot_long_range(ax, results: dict) -> None:
         ax.plot(
             results["lengths"],
             results[name]["exact_match"],
-            "o-",
+            "o--" if name == "lstm_plain" else "o-",
             color=COLORS[name],
             label=label,
-            linestyle="--" if name == "lstm_plain" else "-",
         )
     ax.set(xscale="log", xlabel="string length (symbols)", ylabel="held-out exact match")
     ax.set_xticks(results["lengths"], [str(n) for n in results["lengths"]])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.set_ylim(-0.03, 1.03)
     ax.set_title(f"Reversal after {results['steps']} steps of {results['batch']}")
     ax.legend(fontsize=8)
@@ -90,6 +94,14 @@ def plot_gradients(ax, results: dict) -> None:
                 label=f"{name}, {state}",
             )
     ax.axvline(results["needed_distance"], color="gray", linewidth=0.8)
+    ax.annotate(
+        "the input\nthe answer needs",
+        (results["needed_distance"], 0.5),
+        xycoords=("data", "axes fraction"),
+        ha="right",
+        fontsize=8,
+        color="gray",
+    )
     ax.set(
         yscale="log",
         xlabel="distance from the predicted position",
@@ -101,11 +113,19 @@ def plot_gradients(ax, results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=pathlib.Path, help="default: the newest with all three")
+    parser.add_argument(
+        "--results",
+        type=pathlib.Path,
+        nargs="+",
+        help="JSON files whose recurrence parts together hold all three experiments "
+        "(default: the newest results JSON that holds them all)",
+    )
     parser.add_argument("--output", type=pathlib.Path, default=FIGURE)
     args = parser.parse_args()
-    path = args.results or newest_recurrence_results()
-    recurrence = json.loads(path.read_text())["results"]["recurrence"]
+    paths = args.results or [newest_recurrence_results()]
+    recurrence = {}
+    for path in paths:
+        recurrence |= json.loads(path.read_text())["results"]["recurrence"]
 
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
     plot_parallelism(axes[0], recurrence["parallelism"])
@@ -113,7 +133,7 @@ def main() -> None:
     plot_gradients(axes[2], recurrence["gradients"])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.output, dpi=120)
-    print(f"wrote {args.output} from {path}")
+    print(f"wrote {args.output} from {', '.join(map(str, paths))}")
 
 
 if __name__ == "__main__":
