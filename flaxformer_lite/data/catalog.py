@@ -8,6 +8,7 @@ Each catalog dataset is fetched with `tfds.data_source` (which downloads and pre
     tiny_shakespeare             document        each paragraph of the play is one example
     lm1b                         text            each sentence is one example
     imdb_reviews                 classification  review -> "neg" or "pos"
+    mnist, fashion_mnist, cifar10  image         {"image", "label"} records, read by data/images.py
 
 Language-modelling examples ("document", "text") have an empty source, so the decoder learns
 the text unconditioned. A decoder-only model reads tiny_shakespeare whole instead, as one
@@ -35,7 +36,7 @@ from flaxformer_lite.data.prepared import TextSplit
 class CatalogEntry:
     """How the pipeline reads one catalog dataset."""
 
-    kind: str  # "translation", "document", "text" or "classification".
+    kind: str  # "translation", "document", "text", "classification" or "image".
     splits: tuple[str, ...]  # The splits with examples to train or evaluate on.
     module: str | None = None  # Older builders register only once this module is imported.
 
@@ -48,6 +49,9 @@ CATALOG = {
     "tiny_shakespeare": CatalogEntry("document", ("train", "validation", "test")),
     "lm1b": CatalogEntry("text", ("train", "test")),
     "imdb_reviews": CatalogEntry("classification", ("train", "test")),
+    "mnist": CatalogEntry("image", ("train", "test")),
+    "fashion_mnist": CatalogEntry("image", ("train", "test")),
+    "cifar10": CatalogEntry("image", ("train", "test")),
 }
 
 

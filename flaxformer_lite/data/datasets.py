@@ -29,6 +29,7 @@ import numpy as np
 
 from flaxformer_lite.data import (
     catalog,
+    images,
     local_files,
     pipeline,
     prepared,
@@ -127,6 +128,8 @@ def create_datasets(
     if process_index is None or process_count is None:
         process_index, process_count = process_index_and_count()
     layout = HostLayout(num_local_devices, process_index, process_count)
+    if options.model == "vit":  # images and their labels (data/images.py), not text pairs
+        return images.create_image_datasets(config, workdir, layout)
     if options.model == "image_captioning":  # images and their captions, not text pairs
         from flaxformer_lite.data import captions  # captions builds on this module
 

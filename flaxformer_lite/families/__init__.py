@@ -15,6 +15,7 @@ from flaxformer_lite.families.decoder_only import DecoderOnly
 from flaxformer_lite.families.encoder_decoder import EncoderDecoder
 from flaxformer_lite.families.encoder_only import EncoderClassifier, EncoderOnly
 from flaxformer_lite.families.recurrent import RnnLM, RnnSeq2Seq
+from flaxformer_lite.families.vit import VisionTransformerClassifier
 
 FAMILIES: dict[str, type[ModelFamily]] = {
     family.name: family
@@ -24,6 +25,7 @@ FAMILIES: dict[str, type[ModelFamily]] = {
         ImageCaptioning,
         RnnSeq2Seq,
         RnnLM,
+        VisionTransformerClassifier,
         EncoderOnly,
         EncoderClassifier,
     )
@@ -50,6 +52,7 @@ __all__ = [
     "ModelFamily",
     "RnnLM",
     "RnnSeq2Seq",
+    "VisionTransformerClassifier",
     "make_family",
     "transformer_config_from",
 ]
