@@ -11,8 +11,10 @@ import pathlib
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors.flax import save_file as save_flax
 from safetensors.numpy import load_file, save_file
 
 from flaxformer_lite import decoding, pretrained
@@ -318,3 +320,18 @@ def test_pad_equal_to_eos_is_no_pad():
     vocabulary = CheckpointVocabulary.from_config(config, size=10)
     assert (vocabulary.pad_id, vocabulary.eos_id, vocabulary.start_id) == (None, 5, 4)
     assert vocabulary.to_model_ids([4, 5, 6]).tolist() == [7, 1, 9]
+
+
+def test_bfloat16_checkpoint_is_read_as_float32(tmp_path):
+    """Llama-style checkpoints ship bfloat16, which NumPy cannot hold; they load upcast."""
+    directory = copy_fixture("gpt2", tmp_path)
+    tensors = load_file(directory / "model.safetensors")
+    save_flax(
+        {name: jnp.asarray(value, jnp.bfloat16) for name, value in tensors.items()},
+        str(directory / "model.safetensors"),
+    )
+    upcast = dict(flatten(pretrained.load(str(directory)).params))
+    for path, value in flatten(load("gpt2").params):
+        rounded = np.asarray(jnp.asarray(value, jnp.bfloat16), np.float32)
+        assert upcast[path].dtype == np.float32
+        np.testing.assert_array_equal(upcast[path], rounded)

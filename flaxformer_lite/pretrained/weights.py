@@ -85,9 +85,12 @@ class CheckpointTensors:
 
     def read(self, name: str) -> np.ndarray:
         """The tensor `name` as float32 NumPy (bfloat16 and float16 checkpoints are upcast)."""
-        # The "flax" framework reads every dtype (NumPy has no bfloat16).
-        with safe_open(self._file_of[name], framework="flax") as shard:
-            return np.asarray(shard.get_tensor(self._stored_name[name]), dtype=np.float32)
+        path, stored = self._file_of[name], self._stored_name[name]
+        with safe_open(path, framework="numpy") as shard:
+            if shard.get_slice(stored).get_dtype() != "BF16":
+                return shard.get_tensor(stored).astype(np.float32)
+        with safe_open(path, framework="flax") as shard:  # NumPy has no bfloat16; JAX has
+            return np.asarray(shard.get_tensor(stored), dtype=np.float32)
 
 
 def _shard_paths(model_dir: str) -> list[str]:
