@@ -13,6 +13,8 @@ Parts:
            (benchmarks/lm_speed.py): tokens/s ratio and MFU
   compile  compile time of the train step at 2 and 12 layers, scanned and not
   memory   peak memory of a 12-layer model with each remat policy
+  bert     BERT-mini masked-LM train step vs transformers' BertForMaskedLM (torch)
+           (benchmarks/bert_speed.py): bert_ratio_vs_torch
   decode   benchmarks/decode_speed.py, when present
   data     benchmarks/data_pipeline.py, when present
   default_seeds  `python train.py` (the default run) for seeds 0, 1 and 2: min, median
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import time
 
+import bert_speed
 import compile_time
 import default_seeds
 import host_malloc
@@ -58,6 +61,7 @@ PARTS = {
     "lm": lm_speed.run,
     "compile": compile_time.run,
     "memory": memory.run,
+    "bert": bert_speed.run,
 }
 OPTIONAL_PARTS = {"decode": "decode_speed", "data": "data_pipeline"}  # other people's modules
 # Run with --only, never by default: each trains models for minutes.
@@ -67,6 +71,7 @@ HEADLINES = (
     "mfu",
     "lm_ratio_vs_torch",
     "lm_mfu",
+    "bert_ratio_vs_torch",
     "compile_ratio_12_vs_2",
     "remat_full_peak_ratio",
     "decode_cache_speedup",
