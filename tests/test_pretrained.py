@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from safetensors.flax import save_file as save_flax
 from safetensors.numpy import load_file, save_file
+from tokenizers import Tokenizer
 
-from flaxformer_lite import decoding, pretrained
+from flaxformer_lite import decoding, generate, pretrained
 from flaxformer_lite.generate import LanguageModel
 from flaxformer_lite.pretrained.vocabulary import CheckpointVocabulary
 from flaxformer_lite.pretrained.weights import CheckpointTensors
@@ -335,3 +336,21 @@ def test_bfloat16_checkpoint_is_read_as_float32(tmp_path):
         rounded = np.asarray(jnp.asarray(value, jnp.bfloat16), np.float32)
         assert upcast[path].dtype == np.float32
         np.testing.assert_array_equal(upcast[path], rounded)
+
+
+@pytest.mark.parametrize("name", LANGUAGE_MODELS)
+def test_generate_cli_prints_the_greedy_text(name, capsys):
+    """python -m flaxformer_lite.generate --model_dir=DIR --temperature=0: the prompt and
+    transformers' greedy continuation, decoded by the checkpoint's own tokenizer."""
+    meta, _ = reference(name)
+    prompt, expected = meta["prompts"][0], meta["generations"][0]
+    flags = [f"--model_dir={FIXTURES / name}", f"--prompt={prompt}", "--temperature=0"]
+    generate.FLAGS(["generate", *flags, f"--max_new_tokens={len(expected)}"])
+    try:
+        generate.main(["generate"])
+    finally:
+        generate.FLAGS.unparse_flags()
+    tokenizer = Tokenizer.from_file(str(FIXTURES / name / "tokenizer.json"))
+    prompt_ids = tokenizer.encode(prompt).ids
+    text = tokenizer.decode(prompt_ids + expected, skip_special_tokens=True)
+    assert capsys.readouterr().out == text + "\n"
