@@ -24,11 +24,12 @@ def read(path: pathlib.Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=nbformat.NO_CONVERT)
 
 
-def test_the_three_notebooks_exist():
+def test_the_notebooks_exist():
     assert [path.name for path in NOTEBOOKS] == [
         "01_attention.ipynb",
         "02_train_and_look_inside.ipynb",
         "03_translate_your_own_data.ipynb",
+        "05_transformers_vs_rnns.ipynb",
     ]
 
 
