@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --only recurrence          # all three, with the results JSON
     python benchmarks/recurrence.py --part gradients --out g.json   # one experiment
+    python benchmarks/recurrence.py --part long_range --lengths 64 --models transformer
     python scripts/render_recurrence_figures.py         # the README's figures from the JSON
 
 Every model is a model family of the library (`config.model`), built from
@@ -238,13 +239,14 @@ def train_quietly(config, workdir: str) -> dict:
         raise
 
 
-def long_range() -> dict:
-    """Held-out exact match of every seq2seq model at every length, same steps and batch."""
-    results = {"lengths": list(REVERSE_LENGTHS), "steps": REVERSE_STEPS, "batch": REVERSE_BATCH}
-    exact_match = {name: [] for name in SEQ2SEQ_MODELS}
+def long_range(lengths=REVERSE_LENGTHS, models=tuple(SEQ2SEQ_MODELS)) -> dict:
+    """Held-out exact match of the seq2seq `models` at `lengths`, same steps and batch."""
+    results = {"lengths": list(lengths), "steps": REVERSE_STEPS, "batch": REVERSE_BATCH}
+    exact_match = {name: [] for name in models}
     with tempfile.TemporaryDirectory(prefix="reverse_") as root:
-        for symbols in REVERSE_LENGTHS:
-            for name, model in SEQ2SEQ_MODELS.items():
+        for symbols in lengths:
+            for name in models:
+                model = SEQ2SEQ_MODELS[name]
                 config = reverse_config(
                     model,
                     symbols,
@@ -262,8 +264,8 @@ def long_range() -> dict:
                     f"({time.process_time() - start:.0f} CPU-s)",
                     flush=True,
                 )
-    for name, model in SEQ2SEQ_MODELS.items():
-        results[name] = {"fields": model, "exact_match": exact_match[name]}
+    for name in models:
+        results[name] = {"fields": SEQ2SEQ_MODELS[name], "exact_match": exact_match[name]}
     return results
 
 
@@ -370,7 +372,7 @@ HEADLINE_PREFIXES = (
 )
 
 
-def run(parts=tuple(EXPERIMENTS)) -> dict:
+def run(parts=tuple(EXPERIMENTS), **long_range_options) -> dict:
     """The experiments in `parts`: {headline: value, experiment: its results}.
 
     Headlines sit at the top level, for benchmarks/run.py to print; each experiment's
@@ -381,7 +383,8 @@ def run(parts=tuple(EXPERIMENTS)) -> dict:
     for name in parts:
         print(f"-- {name}", flush=True)
         start = time.process_time()
-        results[name] = EXPERIMENTS[name]()
+        options = long_range_options if name == "long_range" else {}
+        results[name] = EXPERIMENTS[name](**options)
         results[name]["cpu_s"] = time.process_time() - start
     headlines = {}
     for values in results.values():
@@ -396,8 +399,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=tuple(EXPERIMENTS), action="append")
     parser.add_argument("--out", help="also write the results to this JSON file")
+    parser.add_argument("--lengths", type=int, nargs="+", default=REVERSE_LENGTHS)
+    parser.add_argument("--models", nargs="+", choices=tuple(SEQ2SEQ_MODELS))
     args = parser.parse_args()
-    results = run(args.part or tuple(EXPERIMENTS))
+    results = run(
+        args.part or tuple(EXPERIMENTS),
+        lengths=tuple(args.lengths),
+        models=tuple(args.models or SEQ2SEQ_MODELS),
+    )
     if args.out:
         record = {
             "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
