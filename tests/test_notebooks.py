@@ -29,6 +29,7 @@ def test_the_notebooks_exist():
         "01_attention.ipynb",
         "02_train_and_look_inside.ipynb",
         "03_translate_your_own_data.ipynb",
+        "04_vision_transformer.ipynb",
         "05_transformers_vs_rnns.ipynb",
     ]
 
