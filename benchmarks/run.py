@@ -1,9 +1,10 @@
 """Run the benchmark suite on this machine: one table, then one key=value line per headline.
 
     python benchmarks/run.py                   # everything (~10 minutes on a 2-core CPU)
-    python benchmarks/run.py --only train      # one part: train, lm, compile, memory, decode, data
+    python benchmarks/run.py --only train      # one part: train, lm, compile, memory, sharding, ...
     python benchmarks/run.py --only default_seeds   # on request only (~10 minutes)
     python benchmarks/run.py --only recurrence      # on request only (~10 minutes)
+    python benchmarks/run.py --only variants        # on request only (~5 minutes)
 
 Parts:
   train    train step on the bench workload vs the PyTorch peer (alternated,
@@ -15,6 +16,8 @@ Parts:
   memory   peak memory of a 12-layer model with each remat policy
   bert     BERT-mini masked-LM train step vs transformers' BertForMaskedLM (torch)
            (benchmarks/bert_speed.py): bert_ratio_vs_torch
+  sharding per-device bytes of parameters + optimizer state of a 12+12-layer model,
+           data parallel vs FSDP on 4 fake devices, and the step time of both
   decode   benchmarks/decode_speed.py, when present
   data     benchmarks/data_pipeline.py, when present
   default_seeds  `python train.py` (the default run) for seeds 0, 1 and 2: min, median
@@ -24,6 +27,9 @@ Parts:
            reversal exact match against length, gradient norm against distance
            (benchmarks/recurrence.py); a teaching comparison that trains 23 small
            models, so it runs only with --only
+  variants the decoder-only LM with the 2017 blocks, RoPE, RoPE + RMSNorm + SwiGLU, and
+           that with 2 KV heads: held-out loss, train and decode tokens/s, cache bytes
+           (benchmarks/variants.py); it trains 4 models, so it runs only with --only
 
 The peer needs torch (`pip install torch==2.13.0`, the `bench` extra); without
 it the train part reports our side alone. The suite restarts itself with
@@ -52,7 +58,9 @@ import jax
 import lm_speed
 import memory
 import recurrence
+import sharding
 import train_speed
+import variants
 import workload
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,10 +70,15 @@ PARTS = {
     "compile": compile_time.run,
     "memory": memory.run,
     "bert": bert_speed.run,
+    "sharding": sharding.run,
 }
 OPTIONAL_PARTS = {"decode": "decode_speed", "data": "data_pipeline"}  # other people's modules
 # Run with --only, never by default: each trains models for minutes.
-ON_REQUEST_PARTS = {"default_seeds": default_seeds.run, "recurrence": recurrence.run}
+ON_REQUEST_PARTS = {
+    "default_seeds": default_seeds.run,
+    "recurrence": recurrence.run,
+    "variants": variants.run,
+}
 HEADLINES = (
     "train_ratio_vs_torch",
     "mfu",
@@ -74,6 +87,7 @@ HEADLINES = (
     "bert_ratio_vs_torch",
     "compile_ratio_12_vs_2",
     "remat_full_peak_ratio",
+    "fsdp_state_bytes_ratio",
     "decode_cache_speedup",
     "default_seeds_exact_match_min",
     "default_seeds_exact_match_median",
