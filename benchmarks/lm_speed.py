@@ -85,7 +85,7 @@ def model_config(workload: Workload, **changes) -> TransformerConfig:
         dropout_rate=0.0,  # the peer's default
         max_len=workload.length,
         norm_placement="pre",
-        activation="gelu",
+        mlp="gelu_tanh",
         position_encoding="learned",
         tie_output_embedding=True,
         matmul_backward="cpu_row_major",  # benchmark-only: the CPU-tuned weight gradients

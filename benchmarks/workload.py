@@ -49,7 +49,7 @@ def model_config(**changes) -> TransformerConfig:
         attention_dropout_rate=0.1,  # nn.Transformer drops attention weights too
         max_len=4 * LENGTH,  # the peer's position table
         norm_placement="pre",
-        activation="relu",
+        mlp="relu",
         position_encoding="learned",
         tie_output_embedding=False,
         matmul_backward="cpu_row_major",  # the CPU-tuned weight gradients (NOTES.md)

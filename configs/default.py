@@ -55,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
     # decide (vocab_size; max_len covers the source, target and decode lengths).
     config.d_model = 64
     config.num_heads = 4
+    config.num_kv_heads = placeholder(int)  # unset: one per query head; fewer: grouped-query
+    config.head_dim = placeholder(int)  # unset: d_model // num_heads
     config.d_ff = 256
     config.num_encoder_layers = 2
     config.num_decoder_layers = 2
@@ -63,7 +65,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.dropout_rate = 0.0
     config.attention_dropout_rate = 0.0
     config.norm_placement = "pre"
-    config.activation = "relu"
+    config.norm = "layernorm"  # layernorm | rmsnorm
+    config.norm_epsilon = 1e-6
+    config.mlp = "relu"  # relu | gelu (erf) | gelu_tanh | swiglu | geglu (gated: two input kernels)
+    config.use_bias = True  # biases in the attention and feed-forward projections
+    config.scale_embeddings = True  # token embeddings times sqrt(d_model)
     config.position_encoding = "sinusoidal"
     config.tie_output_embedding = True
     config.dtype = "float32"

@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_heads = 6
     config.d_model = 384
     config.d_ff = 4 * 384
-    config.activation = "gelu"
+    config.mlp = "gelu_tanh"
     config.position_encoding = "learned"
     config.norm_placement = "pre"
     config.tie_output_embedding = True

@@ -10,7 +10,8 @@ from typing import Any
 import jax.numpy as jnp
 
 NORM_PLACEMENTS = ("pre", "post")
-ACTIVATIONS = ("relu", "gelu")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("relu", "gelu", "gelu_tanh", "swiglu", "geglu")
 POSITION_ENCODINGS = ("sinusoidal", "learned")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots_saveable")
@@ -31,6 +32,11 @@ class TransformerConfig:
     target_vocab_size: int | None = None  # Set only for separate target vocabularies.
     d_model: int = 512
     num_heads: int = 8
+    # Key/value heads: None for one per query head (multi-head attention); fewer for
+    # grouped-query attention (each serves num_heads // num_kv_heads query heads, as in
+    # Llama 2/3), 1 for multi-query attention. The decode cache holds only these heads.
+    num_kv_heads: int | None = None
+    head_dim: int | None = None  # Features per head; None for d_model // num_heads (T5 sets it).
     d_ff: int = 2048
     num_encoder_layers: int = 6
     num_decoder_layers: int = 6
@@ -40,7 +46,20 @@ class TransformerConfig:
     dtype: str = "float32"  # Activation dtype; softmax, norms and loss stay float32.
     param_dtype: str = "float32"
     norm_placement: str = "pre"  # "pre": x + f(norm(x)); "post": norm(x + f(x)) as in the paper.
-    activation: str = "relu"
+    # "layernorm" (mean and variance, scale and bias; the paper, GPT-2, BERT) or "rmsnorm"
+    # (x / sqrt(mean(x^2) + eps) * scale: no mean subtraction, no bias; T5, Llama).
+    norm: str = "layernorm"
+    norm_epsilon: float = 1e-6  # Flax's LayerNorm default; GPT-2 and BERT use 1e-5 and 1e-12.
+    # The feed-forward block: W2 act(W1 x) with act "relu" (the paper, T5 v1.0), "gelu"
+    # (exact, erf: BERT) or "gelu_tanh" (tanh approximation: GPT-2); or gated,
+    # W2 (act(W_gate x) * W_up x), with act SiLU ("swiglu": Llama) or tanh-GELU ("geglu":
+    # T5 v1.1 / flan-T5 gated-gelu, Gemma).
+    mlp: str = "relu"
+    use_bias: bool = (
+        True  # Biases in the attention and feed-forward projections (T5, Llama: False).
+    )
+    scale_embeddings: bool = True  # Token embeddings times sqrt(d_model) (section 3.4); GPT-2,
+    # BERT, T5 and Llama look them up unscaled.
     position_encoding: str = "sinusoidal"
     tie_output_embedding: bool = True  # Output projection reuses the target embedding.
     local_window: int | None = None  # Self-attention sees only positions within +-window.
@@ -64,18 +83,31 @@ class TransformerConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 fail(field, value, "it must be a positive integer")
+        for field in ("num_kv_heads", "head_dim"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                fail(field, value, "use None or a positive integer")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            fail(
+                "num_kv_heads",
+                self.num_kv_heads,
+                f"num_heads={self.num_heads} must be a multiple of it, so that every key/value "
+                "head serves the same number of query heads",
+            )
+        if not self.norm_epsilon > 0:
+            fail("norm_epsilon", self.norm_epsilon, "it must be positive")
         if self.target_vocab_size is not None and self.target_vocab_size < 1:
             fail("target_vocab_size", self.target_vocab_size, "use None or a positive integer")
         for field in ("num_encoder_layers", "num_decoder_layers"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 fail(field, value, "a stack needs at least 1 layer")
-        if self.d_model % self.num_heads:
+        if self.head_dim is None and self.d_model % self.num_heads:
             fail(
                 "d_model",
                 self.d_model,
                 f"it must be divisible by num_heads={self.num_heads} so every head gets "
-                "d_model // num_heads features",
+                "d_model // num_heads features (or set head_dim)",
             )
         for field in ("dropout_rate", "attention_dropout_rate"):
             value = getattr(self, field)
@@ -85,7 +117,8 @@ class TransformerConfig:
             "dtype": DTYPES,
             "param_dtype": DTYPES,
             "norm_placement": NORM_PLACEMENTS,
-            "activation": ACTIVATIONS,
+            "norm": NORMS,
+            "mlp": MLPS,
             "position_encoding": POSITION_ENCODINGS,
             "remat_policy": REMAT_POLICIES,
             "attention_implementation": ATTENTION_IMPLEMENTATIONS,
@@ -116,8 +149,14 @@ class TransformerConfig:
         return self.target_vocab_size or self.vocab_size
 
     @property
-    def head_dim(self) -> int:
-        return self.d_model // self.num_heads
+    def features_per_head(self) -> int:
+        """Dh: `head_dim` when set, else d_model // num_heads."""
+        return self.head_dim or self.d_model // self.num_heads
+
+    @property
+    def key_value_heads(self) -> int:
+        """How many key/value heads attention projects: `num_kv_heads`, else num_heads."""
+        return self.num_kv_heads or self.num_heads
 
     @property
     def compute_dtype(self) -> jnp.dtype:

@@ -1,5 +1,6 @@
 """Scaled dot-product and multi-head attention against independent references."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,7 +186,7 @@ def test_multi_head_attention_equals_per_head_concat_then_output_projection():
     inputs_kv = rng.normal(size=(2, 6, 16)).astype(np.float32)
     mask = rng.random((2, 1, 5, 6)) < 0.7
     layer = MultiHeadAttention(config, is_self_attention=False)
-    params = layer.init(jax.random.key(1), inputs_q, inputs_kv, mask)["params"]
+    params = nn.meta.unbox(layer.init(jax.random.key(1), inputs_q, inputs_kv, mask)["params"])
     output = layer.apply({"params": params}, inputs_q, inputs_kv, mask)
 
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)

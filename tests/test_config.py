@@ -16,7 +16,7 @@ from flaxformer_lite import TransformerConfig
         ({"vocab_size": 0}, "vocab_size=0.*positive"),
         ({"max_len": -3}, "max_len=-3"),
         ({"norm_placement": "middle"}, "norm_placement='middle'.*'pre', 'post'"),
-        ({"activation": "tanh"}, "activation='tanh'.*'relu', 'gelu'"),
+        ({"mlp": "tanh"}, "mlp='tanh'.*'relu', 'gelu', 'gelu_tanh', 'swiglu', 'geglu'"),
         ({"position_encoding": "rotary"}, "position_encoding='rotary'"),
         ({"dtype": "float8"}, "dtype='float8'"),
         ({"remat_policy": "some"}, "remat_policy='some'"),
@@ -32,7 +32,7 @@ def test_invalid_field_is_named(changes, message):
 def test_defaults_are_the_papers_base_model():
     config = TransformerConfig()
     assert (config.d_model, config.num_heads, config.d_ff) == (512, 8, 2048)
-    assert (config.num_encoder_layers, config.num_decoder_layers, config.head_dim) == (6, 6, 64)
+    assert (config.num_encoder_layers, config.num_decoder_layers, config.features_per_head) == (6, 6, 64)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ run alone against packed rows, a float64 NumPy loss, and an exact parameter coun
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +49,7 @@ LOSS_WEIGHTS = (np.arange(10)[None] >= PROMPT_LENGTHS[:, None]) & (np.asarray(TA
 @functools.cache
 def tiny(variant="pre_sinusoidal"):
     model = DecoderOnlyTransformer(VARIANTS[variant])
-    params = jax.jit(model.init)(jax.random.key(0), TARGETS)["params"]
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), TARGETS)["params"])
     return model, params
 
 
@@ -212,7 +213,7 @@ def test_exact_parameter_count_of_a_gpt():
         num_decoder_layers=layers,
         max_len=length,
         position_encoding="learned",
-        activation="gelu",
+        mlp="gelu_tanh",
     )
     shapes = jax.eval_shape(
         DecoderOnlyTransformer(config).init, jax.random.key(0), jnp.ones((1, length), jnp.int32)

@@ -6,6 +6,7 @@ is known in advance, and the distributions that sampling must follow."""
 import functools
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +59,7 @@ RAGGED_PREFIX = jnp.array([[15, 16, 17], [19, 0, 0], [5, 9, 0]])  # rows force 3
 
 @functools.partial(jax.jit, static_argnums=0)
 def init_params(model, inputs, targets, seed):
-    return model.init(jax.random.key(seed), inputs, targets)["params"]
+    return nn.meta.unbox(model.init(jax.random.key(seed), inputs, targets)["params"])
 
 
 @functools.partial(jax.jit, static_argnums=0)

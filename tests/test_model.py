@@ -32,7 +32,7 @@ TARGETS = jnp.array([[8, 7, 6, 5, EOS_ID], [13, 12, 11, 10, 9]])
 def tiny():
     model = Transformer(TINY)
     variables = model.init(jax.random.key(0), INPUTS, TARGETS)
-    return model, {"params": variables["params"]}
+    return model, {"params": nn.meta.unbox(variables["params"])}
 
 
 def perturbations_of(model, variables):
@@ -280,7 +280,7 @@ def stacked_on_a_layer_axis(params, num_layers=2):
 def gradients_with_dropout(config):
     """Gradients of the loss with dropout on and fixed keys, from the `tiny` weights."""
     model = Transformer(config)
-    params = Transformer(TINY).init(jax.random.key(0), INPUTS, TARGETS)["params"]
+    params = nn.meta.unbox(Transformer(TINY).init(jax.random.key(0), INPUTS, TARGETS)["params"])
     if config.scan_layers:
         params = stacked_on_a_layer_axis(params)
 

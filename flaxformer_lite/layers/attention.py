@@ -1,6 +1,8 @@
 """Scaled dot-product attention and multi-head attention with a decode cache.
 
-Shapes: B batch, Q queries, K keys, H heads, Dh features per head, D model width.
+Shapes: B batch, Q queries, K keys, H heads, Hkv key/value heads, Dh features per
+head, D model width. With grouped-query attention (Hkv < H) query head h reads
+key/value head h // (H / Hkv), the layout of Llama and jax.nn.dot_product_attention.
 """
 
 import functools
@@ -12,7 +14,7 @@ from jax import lax
 
 from flaxformer_lite.config import TransformerConfig
 from flaxformer_lite.layers import masks as masks_lib
-from flaxformer_lite.layers import matmul
+from flaxformer_lite.layers import matmul, sharding
 
 
 def attention_weights(
@@ -51,7 +53,8 @@ def dot_product_attention(
 ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     """Attention(Q, K, V) = softmax(Q K^T / sqrt(Dh)) V, per head.
 
-    query (B, Q, H, Dh); key, value (B, K, H, Dh); mask a boolean array or an
+    query (B, Q, H, Dh); key, value (B, K, Hkv, Dh), Hkv dividing H (grouped-query
+    attention when Hkv < H); mask a boolean array or an
     `AttentionMask`, bias additive, both broadcastable to (B, H, Q, K).
     `implementation` is "explicit" (einsums; returns the weights and can drop
     them out), or "xla", "cudnn", "auto" (`jax.nn.dot_product_attention`, see
@@ -65,6 +68,10 @@ def dot_product_attention(
     if implementation != "explicit":
         return _fused_attention(query, key, value, mask, bias, implementation), None
 
+    if key.shape[2] != query.shape[2]:  # Grouped-query: each KV head serves H / Hkv queries.
+        group_size = query.shape[2] // key.shape[2]
+        key = jnp.repeat(key, group_size, axis=2)  # (B, K, H, Dh)
+        value = jnp.repeat(value, group_size, axis=2)
     weights = attention_weights(query, key, None if mask is None else mask.dense, bias)
     kept_weights = weights  # (B, H, Q, K) float32
     if use_dropout:
@@ -132,7 +139,7 @@ class MultiHeadAttention(nn.Module):
 
     `is_self_attention` decides what the decode cache holds: for decoder
     self-attention, the keys and values of every position generated so far
-    (a static (B, H, max_decode_len, Dh) buffer written in place); for
+    (a static (B, Hkv, max_decode_len, Dh) buffer written in place); for
     cross-attention, the projected encoder keys and values, computed once per
     source on the first decode call and reused at every step after it.
 
@@ -162,25 +169,40 @@ class MultiHeadAttention(nn.Module):
         cfg = self.config
         dense_general = functools.partial(
             nn.DenseGeneral,
+            use_bias=cfg.use_bias,
             dtype=cfg.compute_dtype,
             param_dtype=cfg.weights_dtype,
-            kernel_init=nn.initializers.xavier_uniform(),
             dot_general=matmul.dot_general_for(cfg),
         )
-        project = functools.partial(dense_general, features=(cfg.num_heads, cfg.head_dim))
-        query = project(name="query")(inputs_q)  # (B, Q, H, Dh)
+
+        def project(num_heads: int, name: str) -> nn.DenseGeneral:
+            """D -> (num_heads, Dh): a kernel (D, heads, Dh), a bias (heads, Dh)."""
+            return dense_general(
+                features=(num_heads, cfg.features_per_head),
+                kernel_init=sharding.partitioned(
+                    nn.initializers.xavier_uniform(), "embed", "heads", "kv"
+                ),
+                bias_init=sharding.partitioned(nn.initializers.zeros, "heads", "kv"),
+                name=name,
+            )
+
+        def heads(x: jnp.ndarray) -> jnp.ndarray:
+            return sharding.constrain(x, "batch", "length", "heads", "kv")
+
+        query = heads(project(cfg.num_heads, "query")(inputs_q))  # (B, Q, H, Dh)
 
         overflow = None
+        kv_heads = cfg.key_value_heads
         if self.is_self_attention:
-            key = project(name="key")(inputs_q)  # (B, Q, H, Dh)
-            value = project(name="value")(inputs_q)
+            key = heads(project(kv_heads, "key")(inputs_q))  # (B, Q, Hkv, Dh)
+            value = heads(project(kv_heads, "value")(inputs_q))
             if self.decode:
                 key, value, mask, overflow = self._update_self_cache(key, value, mask, cache_index)
         elif self.decode and inputs_kv is None:
             key, value = self._cached_cross_key_value()
         else:
-            key = project(name="key")(inputs_kv)  # (B, K, H, Dh)
-            value = project(name="value")(inputs_kv)
+            key = heads(project(kv_heads, "key")(inputs_kv))  # (B, K, Hkv, Dh)
+            value = heads(project(kv_heads, "value")(inputs_kv))
             if self.decode:
                 self._store_cross_key_value(key, value)
 
@@ -200,7 +222,15 @@ class MultiHeadAttention(nn.Module):
         if overflow is not None:  # Past the cache nothing is right: say so with NaN.
             output = jnp.where(overflow, jnp.nan, output)
         # W^O over the concatenated heads: (B, Q, H, Dh) -> (B, Q, D).
-        return dense_general(features=cfg.d_model, axis=(-2, -1), name="out")(output)
+        return dense_general(
+            features=cfg.d_model,
+            axis=(-2, -1),
+            kernel_init=sharding.partitioned(
+                nn.initializers.xavier_uniform(), "heads", "kv", "embed"
+            ),
+            bias_init=sharding.partitioned(nn.initializers.zeros, "embed"),
+            name="out",
+        )(output)
 
     def _update_self_cache(self, key, value, mask, cache_index):
         """Write this call's keys/values at cache_index; attend over the whole buffer.
@@ -211,7 +241,7 @@ class MultiHeadAttention(nn.Module):
         (a traced bool, or None when that was ruled out while tracing).
         """
         initialized = self.has_variable("cache", "cached_key")
-        heads_first = (key.shape[0], key.shape[2], key.shape[1], key.shape[3])  # (B, H, L, Dh)
+        heads_first = (key.shape[0], key.shape[2], key.shape[1], key.shape[3])  # (B, Hkv, L, Dh)
         cached_key = self.variable("cache", "cached_key", jnp.zeros, heads_first, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, heads_first, value.dtype)
         if not initialized:
@@ -241,7 +271,7 @@ class MultiHeadAttention(nn.Module):
         return key, value, cache_mask, overflow
 
     def _store_cross_key_value(self, key, value):
-        key, value = key.swapaxes(1, 2), value.swapaxes(1, 2)  # stored (B, H, S, Dh)
+        key, value = key.swapaxes(1, 2), value.swapaxes(1, 2)  # stored (B, Hkv, S, Dh)
         self.variable("cache", "cross_key", jnp.zeros, key.shape, key.dtype).value = key
         self.variable("cache", "cross_value", jnp.zeros, value.shape, value.dtype).value = value
 

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxformer_lite.config import TransformerConfig
+from flaxformer_lite.layers import sharding
 
 
 def sinusoidal_encoding(max_len: int, d_model: int) -> np.ndarray:
@@ -38,7 +39,7 @@ class PositionEncoding(nn.Module):
         if cfg.position_encoding == "learned":
             table = self.param(
                 "position_embedding",
-                nn.initializers.normal(stddev=0.02),
+                sharding.partitioned(nn.initializers.normal(stddev=0.02), "length", "embed"),
                 (cfg.max_len, cfg.d_model),
                 cfg.weights_dtype,
             )

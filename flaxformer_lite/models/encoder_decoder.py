@@ -8,24 +8,23 @@ import jax.numpy as jnp
 
 from flaxformer_lite.config import TransformerConfig
 from flaxformer_lite.layers import masks as masks_lib
-from flaxformer_lite.layers import matmul
+from flaxformer_lite.layers import matmul, sharding
 from flaxformer_lite.layers.attention import MultiHeadAttention
 from flaxformer_lite.layers.embed import TokenEmbedding
 from flaxformer_lite.layers.mlp import FeedForward
+from flaxformer_lite.layers.norm import norm_layer
 from flaxformer_lite.layers.position import PositionEncoding
 from flaxformer_lite.models.inputs import check_tokens, shift_right
 from flaxformer_lite.models.stack import LayerStack
 
 
-def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(dtype=config.compute_dtype, param_dtype=config.weights_dtype, name=name)
-
-
 class EncoderLayer(nn.Module):
     """Self-attention then feed-forward, each a residual block:
 
-        pre-LN:  x = x + Dropout(sublayer(LayerNorm(x)))
-        post-LN: x = LayerNorm(x + Dropout(sublayer(x)))   (the paper)
+        pre-LN:  x = x + Dropout(sublayer(Norm(x)))
+        post-LN: x = Norm(x + Dropout(sublayer(x)))   (the paper)
+
+    Norm is `config.norm`: LayerNorm, or RMSNorm.
 
     Returns (x, None) so that `nn.scan` can stack it (see LayerStack).
     """
@@ -41,21 +40,21 @@ class EncoderLayer(nn.Module):
 
         residual = x
         if pre_norm:
-            x = layer_norm(cfg, "pre_self_attention_norm")(x)
+            x = norm_layer(cfg, "pre_self_attention_norm")(x)
         x = MultiHeadAttention(
             cfg, is_self_attention=True, deterministic=deterministic, name="self_attention"
         )(x, mask=mask)
         x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if post_norm:
-            x = layer_norm(cfg, "post_self_attention_norm")(x)
+            x = norm_layer(cfg, "post_self_attention_norm")(x)
 
         residual = x
         if pre_norm:
-            x = layer_norm(cfg, "pre_mlp_norm")(x)
+            x = norm_layer(cfg, "pre_mlp_norm")(x)
         x = FeedForward(cfg, deterministic=deterministic, name="mlp")(x)
         x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if post_norm:
-            x = layer_norm(cfg, "post_mlp_norm")(x)
+            x = norm_layer(cfg, "post_mlp_norm")(x)
         return x, None
 
 
@@ -84,7 +83,7 @@ class DecoderLayer(nn.Module):
 
         residual = x
         if pre_norm:
-            x = layer_norm(cfg, "pre_self_attention_norm")(x)
+            x = norm_layer(cfg, "pre_self_attention_norm")(x)
         x = MultiHeadAttention(
             cfg,
             is_self_attention=True,
@@ -94,12 +93,12 @@ class DecoderLayer(nn.Module):
         )(x, mask=mask, cache_index=cache_index)
         x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if post_norm:
-            x = layer_norm(cfg, "post_self_attention_norm")(x)
+            x = norm_layer(cfg, "post_self_attention_norm")(x)
 
         if self.has_cross_attention:
             residual = x
             if pre_norm:
-                x = layer_norm(cfg, "pre_cross_attention_norm")(x)
+                x = norm_layer(cfg, "pre_cross_attention_norm")(x)
             x = MultiHeadAttention(
                 cfg,
                 is_self_attention=False,
@@ -109,15 +108,15 @@ class DecoderLayer(nn.Module):
             )(x, encoded, mask=cross_mask)
             x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
             if post_norm:
-                x = layer_norm(cfg, "post_cross_attention_norm")(x)
+                x = norm_layer(cfg, "post_cross_attention_norm")(x)
 
         residual = x
         if pre_norm:
-            x = layer_norm(cfg, "pre_mlp_norm")(x)
+            x = norm_layer(cfg, "pre_mlp_norm")(x)
         x = FeedForward(cfg, deterministic=deterministic, name="mlp")(x)
         x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if post_norm:
-            x = layer_norm(cfg, "post_mlp_norm")(x)
+            x = norm_layer(cfg, "post_mlp_norm")(x)
         return x, None
 
 
@@ -137,11 +136,12 @@ class Embedder(nn.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         x = PositionEncoding(self.config, name="position")(self.token_embedding(tokens), positions)
         x = self.perturb("embedded", x)
+        x = sharding.constrain(x, "batch", "length", "embed")
         return nn.Dropout(self.config.dropout_rate)(x, deterministic=deterministic)
 
 
 class FinalNorm(nn.Module):
-    """Pre-LN stacks end un-normalised, so they get one last LayerNorm."""
+    """Pre-LN stacks end un-normalised, so they get one last norm."""
 
     config: TransformerConfig
 
@@ -150,7 +150,7 @@ class FinalNorm(nn.Module):
         cfg = self.config
         if cfg.norm_placement == "post":
             return x
-        return layer_norm(cfg, "norm")(x)
+        return norm_layer(cfg, "norm")(x)
 
 
 class Encoder(nn.Module):
@@ -252,10 +252,13 @@ class Decoder(nn.Module):
                 use_bias=False,
                 dtype=cfg.compute_dtype,
                 param_dtype=cfg.weights_dtype,
-                kernel_init=nn.initializers.xavier_uniform(),
+                kernel_init=sharding.partitioned(
+                    nn.initializers.xavier_uniform(), "embed", "vocab"
+                ),
                 dot_general=matmul.dot_general_for(cfg),
                 name="output_projection",
             )(x)  # (B, T, V)
+        logits = sharding.constrain(logits, "batch", "length", "vocab")
         return logits.astype(jnp.float32)
 
 

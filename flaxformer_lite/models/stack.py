@@ -46,6 +46,7 @@ class LayerStack(nn.Module):
                 split_rngs={"params": True, "dropout": True},  # each layer its own masks
                 in_axes=(nn.broadcast,) * len(broadcast_args),
                 length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},  # params gain a "layers" axis
             )
             x, _ = scanned(cfg, name="layers", **layer_attributes)(x, *broadcast_args)
             return x
