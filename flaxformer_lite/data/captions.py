@@ -264,13 +264,18 @@ class CaptionDatasets(Datasets):
     """`Datasets` whose rows are images and captions; `eval_examples` hold both."""
 
     def eval_batches(self, split: str = "validation") -> Iterator[dict[str, np.ndarray]]:
-        """Every example of `split` once, in fixed-shape batches, all-zero rows after the last."""
-        examples = list(pipeline.host_shard(self._examples(split), self.layout))
+        """Every example of `split` once, in fixed-shape batches, all-zero rows after the last.
+
+        Every host gets the same number of batches, as the text pipeline's do.
+        """
+        examples = self._examples(split)
         rows = self.layout.num_devices * self.options.eval_batch_size
+        rows_of_all_hosts = rows * self.layout.process_count
         blank = {key: np.zeros_like(value) for key, value in examples[0].items()}
-        for start in range(0, len(examples), rows):
-            chunk = examples[start : start + rows]
-            chunk += [blank] * (rows - len(chunk))
+        padding = [blank] * (-len(examples) % rows_of_all_hosts)
+        shard = list(pipeline.host_shard(examples + padding, self.layout))
+        for start in range(0, len(shard), rows):
+            chunk = shard[start : start + rows]
             batch = {key: np.stack([row[key] for row in chunk]) for key in blank}
             yield pipeline.split_devices(self.layout.num_devices, batch)
 
