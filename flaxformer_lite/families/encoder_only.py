@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -217,7 +218,9 @@ class DistilledClassifier(EncoderClassifier):
     def init_params(self, rng: jax.Array):
         student = super().init_params(rng)
         teacher = distill.load_encoder_params(self.teacher_dir, "teacher")
-        expected = jax.tree.map(jnp.shape, jax.eval_shape(self.teacher.init_params, rng))
+        inputs = self.teacher.model_inputs(self.teacher.example_batch())
+        shapes = jax.eval_shape(self.teacher.module.init, rng, **inputs)["params"]
+        expected = jax.tree.map(jnp.shape, nn.meta.unbox(shapes))
         if jax.tree.map(jnp.shape, teacher) != expected:
             raise ConfigError(
                 f"config.teacher={self.teacher_dir!r}: its checkpoint does not match its "
