@@ -6,8 +6,9 @@ the recurrent state as the cache: the prefill encodes the source (or reads the
 prompt) and feeds BOS, then every step feeds one token and returns the next state.
 
 Each training row holds one example: a carry runs along the whole row, so examples
-packed behind each other would leak into one another. Their data formats say so,
-and the pipeline pads one example per row for them whatever `pack_examples` says.
+packed behind each other would leak into one another. `data.formats.ONE_EXAMPLE_PER_ROW`
+names these families, and the pipeline pads one example per row for them whatever
+`pack_examples` says.
 """
 
 from __future__ import annotations
