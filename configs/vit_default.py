@@ -5,10 +5,12 @@
 The images are the built-in `shapes` dataset (data/shapes.py): one circle, square,
 triangle, diamond or cross per 32x32 image, in a random colour, size and place. The ViT
 reads 8x8 = 64 patches of 4x4 pixels and a class token through two pre-LN layers, and
-ends above 0.95 held-out accuracy (eval_accuracy in the `final:` line) in about two
-minutes of CPU. Other image data: `--config.dataset=image_folder
---config.image_dir=DIR` (DIR/CLASS_NAME/*.png|jpg), or mnist, fashion_mnist, cifar10
-from the tfds catalog (set image_size and image_channels to theirs: 28 and 1, 32 and 3).
+ends above 0.95 held-out accuracy (eval_accuracy in the `final:` line): 0.9935 after 400
+steps (0.978 at step 300), in 216 CPU-s measured on a 2-core machine under load 15-30.
+
+Other image data: `--config.dataset=image_folder --config.image_dir=DIR`
+(DIR/CLASS_NAME/*.png|jpg), or mnist, fashion_mnist, cifar10 from the tfds catalog (set
+image_size and image_channels to theirs: 28 and 1, 32 and 3).
 """
 
 from configs import default
@@ -34,12 +36,12 @@ def get_config():
     config.d_ff = 128
     config.num_encoder_layers = 2
 
-    config.num_train_steps = 600
+    config.num_train_steps = 400
     config.learning_rate = 0.002
     config.warmup_steps = 50
     config.adam_b2 = 0.999
     config.label_smoothing = 0.0
     config.log_every_steps = 50
-    config.eval_every_steps = 200
+    config.eval_every_steps = 100
     config.checkpoint_every_steps = 200
     return config
