@@ -100,6 +100,21 @@ def parse_mesh_shape(text: str, device_count: int) -> dict[str, int]:
     return sizes
 
 
+PARALLELISMS = ("pmap", "mesh")
+
+
+def check_parallelism(config, device_count: int) -> None:
+    """ConfigError, before any work, for a parallelism, mesh shape or rule that cannot work."""
+    if config.parallelism not in PARALLELISMS:
+        raise ConfigError(
+            f"config.parallelism={config.parallelism!r} is unknown: use pmap (a full copy of "
+            "the state per device) or mesh (sharded over config.mesh_shape)."
+        )
+    if config.parallelism == "mesh":
+        parse_mesh_shape(config.mesh_shape, device_count)
+        check_rules(config.logical_axis_rules)
+
+
 def make_mesh(mesh_shape: str, devices=None) -> Mesh:
     """The device mesh `mesh_shape` describes, over `devices` (default: every device).
 
@@ -180,7 +195,7 @@ class MeshParallel:
         # One module and one optimizer: every state of this run carries these same static
         # fields, so it matches `state_shardings` as a pytree.
         self.apply_fn = family.module.apply
-        self.tx = make_optimizer(config)
+        self.tx = family.optimizer(make_optimizer(config))
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.batch_sharding = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
         example = jax.tree.map(np.asarray, family.example_batch())  # on the host: traceable init
@@ -303,3 +318,15 @@ class MeshParallel:
             array, self.mesh, PartitionSpec(BATCH_AXES)
         )
         return np.asarray(jax.device_get(local))
+
+    # The steps as the trainer calls them: on this host's batches, as the data give them.
+
+    def train_on_host_batch(self, state: TrainState, local_batch: dict, rng: jax.Array):
+        return self.train_step(state, self.global_batch(local_batch), rng)
+
+    def eval_on_host_batch(self, state: TrainState, local_batch: dict) -> dict:
+        return self.eval_step(state, self.global_batch(local_batch))
+
+    def predict_on_host_batch(self, params, local_batch: dict) -> np.ndarray:
+        """This host's rows of the predictions, in the order of its batch."""
+        return self.host_rows(self.predict(params, self.global_batch(local_batch)))

@@ -3,10 +3,12 @@
 Parameters and optimizer state are replicated (one copy per device); each
 batch arrives with a leading (num_local_devices,) axis and each device takes
 its slice. On several hosts, `jax.distributed.initialize()` joins them into one
-runtime first, after which `psum` spans every device of every host.
+runtime first, after which `psum` spans every device of every host. (Sharded
+state, over a device mesh: training/mesh.py.)
 """
 
 import functools
+import os
 
 import jax
 from flax import jax_utils
@@ -16,14 +18,35 @@ from flaxformer_lite.training.step import eval_step, train_step
 AXIS = "devices"
 
 
-def initialize_distributed(enabled: bool) -> None:
-    """Join a multi-host job (TPU pod, GPU cluster) when the config asks for it.
+def initialize_distributed(config) -> None:
+    """Join a multi-process job (TPU pod, GPU cluster, local CPU processes) when asked.
 
-    `jax.distributed.initialize()` reads the coordinator address, process count
-    and process id from the cluster environment (TPU metadata, SLURM, ...).
+    Must run before anything else touches JAX's devices. The coordinator address,
+    process count and process id come from the config, else from the environment
+    (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), else
+    `jax.distributed.initialize()` detects them from the cluster (TPU metadata,
+    SLURM, Open MPI). A process that stops sending heartbeats for
+    `config.heartbeat_timeout_seconds` fails every other process with an error.
     """
-    if enabled:
-        jax.distributed.initialize()
+    if not config.distributed:
+        return
+    # CPU processes exchange arrays through gloo over TCP (GPUs and TPUs use their own links).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=config.coordinator_address,
+        num_processes=_setting(config.num_processes, "JAX_NUM_PROCESSES"),
+        process_id=_setting(config.process_id, "JAX_PROCESS_ID"),
+        initialization_timeout=config.initialization_timeout_seconds,
+        heartbeat_timeout_seconds=config.heartbeat_timeout_seconds,
+    )
+
+
+def _setting(value: int | None, variable: str) -> int | None:
+    """The config's value, else the environment variable's, else None (detect it)."""
+    if value is not None:
+        return value
+    from_environment = os.environ.get(variable)
+    return None if from_environment is None else int(from_environment)
 
 
 def pmapped_train_step(family, label_smoothing: float):

@@ -1,4 +1,9 @@
-"""The training loop: data -> pmapped train_step -> metrics, evaluation, checkpoints."""
+"""The training loop: data -> train_step -> metrics, evaluation, checkpoints.
+
+The step runs under `jax.pmap` (config.parallelism="pmap", the default: a full copy
+of the state on every device) or under `jax.jit` over a device mesh ("mesh":
+data, FSDP and tensor parallel, training/mesh.py).
+"""
 
 import contextlib
 import math
@@ -8,13 +13,14 @@ import time
 import jax
 import numpy as np
 from flax.training.train_state import TrainState
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from flaxformer_lite import evaluation, flops
 from flaxformer_lite.data import DataError, create_datasets
 from flaxformer_lite.experiment import ConfigError, check_config
 from flaxformer_lite.families import ModelFamily, make_family
-from flaxformer_lite.training import parallel
+from flaxformer_lite.training import mesh, parallel
 from flaxformer_lite.training.checkpoint import Checkpointer
 from flaxformer_lite.training.guards import (
     Interrupted,
@@ -39,9 +45,15 @@ def _first_replica(tree):
     return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
 
 
-def evaluation_sums(p_eval_step, state, datasets, split: str = "validation") -> list[dict]:
-    """The metric sums of every evaluation batch of `split`, on the host."""
-    return [_first_replica(p_eval_step(state, batch)) for batch in datasets.eval_batches(split)]
+def evaluation_sums(
+    p_eval_step, state, datasets, split: str = "validation", *, to_host=_first_replica
+) -> list[dict]:
+    """The metric sums of every evaluation batch of `split`, on the host.
+
+    `to_host` takes the step's output to the host: the first replica under pmap,
+    the (replicated) sums themselves under a mesh.
+    """
+    return [to_host(p_eval_step(state, batch)) for batch in datasets.eval_batches(split)]
 
 
 def evaluate(p_eval_step, state, datasets, split: str = "validation") -> dict[str, float]:
@@ -72,10 +84,15 @@ def generation_metrics(config, tokenizer, predictions, reference_texts) -> dict[
     """
     hypotheses = [tokenizer.decode(prediction) for prediction in predictions]
     metrics = {"exact_match": evaluation.exact_text_match(hypotheses, reference_texts)}
-    if config.eval_bleu:
+    if jax.process_count() > 1:  # each host decoded its own share of the examples
+        local = np.array([metrics["exact_match"] * len(hypotheses), len(hypotheses)])
+        matches, count = multihost_utils.process_allgather(local).sum(axis=0)
+        metrics["exact_match"] = float(matches / max(count, 1))
+    if config.eval_bleu:  # over this host's share of the examples
         bleu, signature = evaluation.corpus_bleu(hypotheses, reference_texts)
         metrics["bleu"] = bleu
-        print(f"BLEU {bleu:.2f} ({signature})")
+        if jax.process_index() == 0:
+            print(f"BLEU {bleu:.2f} ({signature})")
     return metrics
 
 
@@ -113,8 +130,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     Interrupted after saving a checkpoint when SIGTERM or SIGINT arrives.
     """
     check_config(config)
+    parallel.initialize_distributed(config)  # first: nothing may touch the devices before
     prng_impl = _checked_prng_impl(config.prng_impl)
-    parallel.initialize_distributed(config.distributed)
+    mesh.check_parallelism(config, jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     # The first process holds the lock for the job; the others share its workdir.
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
@@ -143,7 +161,16 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
     family = make_family(config, datasets.tokenizer.vocab_size)
     step_flops, peak_flops = step_flops_and_peak(family, config)
     dropout_rng = jax.random.key(config.seed, impl=prng_impl)
-    state = create_train_state(family, config, jax.random.key(config.seed))
+    on_mesh = config.parallelism == "mesh"
+    if on_mesh:
+        sharded = mesh.MeshParallel(
+            family, config, mesh.make_mesh(config.mesh_shape), config.logical_axis_rules
+        )
+        state = sharded.init_state(jax.random.key(config.seed))
+        if is_chief:
+            print(f"Mesh {dict(sharded.mesh.shape)} over {jax.device_count()} devices")
+    else:
+        state = create_train_state(family, config, jax.random.key(config.seed))
 
     checkpointer = Checkpointer(
         workdir,
@@ -152,16 +179,28 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
         run={"prng_impl": prng_impl},
     )
     if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state, datasets.train_iter)
-        print(f"Resumed from step {int(state.step)} in {checkpointer.directory}")
+        # Under a mesh the arrays are read straight into this run's shardings.
+        template = sharded.state_template() if on_mesh else state
+        state = checkpointer.restore(template, datasets.train_iter)
+        if on_mesh:
+            state = sharded.place_state(state)
+        if is_chief:
+            print(f"Resumed from step {int(state.step)} in {checkpointer.directory}")
     if is_chief:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
     learning_rate = make_schedule(config)
-    p_train_step = parallel.pmapped_train_step(family, config.label_smoothing)
-    p_eval_step = parallel.pmapped_eval_step(family, config.label_smoothing)
-    p_predict = jax.pmap(family.predict)
+    if on_mesh:
+        p_train_step = sharded.train_on_host_batch
+        p_eval_step = sharded.eval_on_host_batch
+        p_predict = sharded.predict_on_host_batch
+        to_host = jax.device_get  # metric sums leave the step replicated: one copy
+    else:
+        p_train_step = parallel.pmapped_train_step(family, config.label_smoothing)
+        p_eval_step = parallel.pmapped_eval_step(family, config.label_smoothing)
+        p_predict = jax.pmap(family.predict)
+        to_host = _first_replica
     writer = MetricWriter(workdir, enabled=is_chief)
     nonfinite = NonFiniteSteps(
         skip=config.skip_nonfinite,
@@ -169,7 +208,7 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
     )
 
     def run_evaluation(step, train):
-        sums = evaluation_sums(p_eval_step, state, datasets)
+        sums = evaluation_sums(p_eval_step, state, datasets, to_host=to_host)
         teacher_forced = summarize(sums)
         metrics = {"train_loss": train["loss"]} if train else {}
         metrics.update(
@@ -200,10 +239,13 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
 
     def save(step):
         nonfinite.flush()  # never write the state of a step that went non-finite
-        checkpointer.save(step, parallel.unreplicate(state), datasets.train_iter)
+        # A mesh state is saved as it lies: each host writes the shards it holds.
+        saved = state if on_mesh else parallel.unreplicate(state)
+        checkpointer.save(step, saved, datasets.train_iter)
 
     start_step = int(state.step)
-    state = parallel.replicate(state)
+    if not on_mesh:
+        state = parallel.replicate(state)
     train, pending, interval_start = {}, [], time.perf_counter()
     if is_chief:
         print(f"Training steps {start_step + 1} to {config.num_train_steps}", flush=True)
@@ -226,7 +268,7 @@ def _train_and_evaluate(config, workdir: str, prng_impl: str) -> dict[str, float
                 pending.append(metrics)  # stays on device: no host sync until the next log
                 last = done == config.num_train_steps
                 if done % config.log_every_steps == 0 or last:
-                    train = summarize([_first_replica(m) for m in pending])
+                    train = summarize([to_host(m) for m in pending])
                     seconds = time.perf_counter() - interval_start
                     train["tokens_per_s"] = train.pop("tokens") / seconds
                     train["mfu"] = step_flops * len(pending) / seconds / peak_flops
