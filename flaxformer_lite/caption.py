@@ -73,7 +73,7 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 
 def main(argv):
     paths = argv[1:]
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # orbax warns about read-only restores
     FLAGS = flags.FLAGS
     if not paths:
         raise SystemExit(
