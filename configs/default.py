@@ -112,6 +112,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 300
     config.keep_checkpoints = 3
 
+    # Encoder-only (BERT) families: encoder_only (masked-LM pre-training), encoder_classifier.
+    config.mlm_probability = 0.15  # of a row's real tokens chosen: 80% MASK, 10% random, 10% kept
+    config.mlm_max_predictions = placeholder(int)  # per row; unset: ceil(prob * max_source_length)
+    config.class_labels = placeholder(str)  # classification: label names in id order, "neg,pos"
+    config.init_from = placeholder(str)  # workdir of an encoder-only run: start from its encoder
+    config.teacher = placeholder(str)  # workdir of a trained classifier: distil it into this one
+    config.distill_temperature = 2.0  # T: both distributions softened as softmax(logits / T)
+    config.distill_alpha = 0.5  # loss = alpha T^2 KL(teacher_T || student_T) + (1 - alpha) CE
+
     # Vision Transformer (model="vit") and image data: dataset="shapes" (built in), "mnist",
     # "cifar10", "fashion_mnist" (tfds catalog) or "image_folder" (root/CLASS_NAME/*.png|jpg).
     config.image_size = 32  # pixels per side: every image is resized to it
@@ -163,12 +172,3 @@ def get_config() -> ml_collections.ConfigDict:
     config.initialization_timeout_seconds = 300  # every process must join within this
     config.heartbeat_timeout_seconds = 100  # a process silent this long fails the job
     return config
-    # Encoder-only (BERT) families: encoder_only (masked-LM pre-training), encoder_classifier.
-    config.mlm_probability = 0.15  # of a row's real tokens chosen: 80% MASK, 10% random, 10% kept
-    config.mlm_max_predictions = placeholder(int)  # per row; unset: ceil(prob * max_source_length)
-    config.class_labels = placeholder(str)  # classification: label names in id order, "neg,pos"
-    config.init_from = placeholder(str)  # workdir of an encoder-only run: start from its encoder
-    config.teacher = placeholder(str)  # workdir of a trained classifier: distil it into this one
-    config.distill_temperature = 2.0  # T: both distributions softened as softmax(logits / T)
-    config.distill_alpha = 0.5  # loss = alpha T^2 KL(teacher_T || student_T) + (1 - alpha) CE
-
