@@ -90,7 +90,7 @@ HIDDEN_CHOICES = tuple(range(64, 513, 32))
 # -- long_range -----------------------------------------------------------------------------
 
 REVERSE_LENGTHS = (8, 16, 32, 64, 128)
-REVERSE_STEPS = 300
+REVERSE_STEPS = 400  # the Transformer at length 64: token accuracy 0.455 after 300, 0.999 after 350
 REVERSE_BATCH = 32
 REVERSE_LEARNING_RATE = 0.003  # the cosine's peak, after a warm-up of a quarter of the steps
 EVAL_EXAMPLES = 128
