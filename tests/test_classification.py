@@ -24,9 +24,10 @@ def tiny_config(**changes):
     return config
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    """A classifier trained on is_sorted, its workdir and its final metrics."""
+    """A classifier trained on is_sorted, its workdir and its final metrics (shared with
+    tests/test_distillation.py, where it is the teacher)."""
     workdir = str(tmp_path_factory.mktemp("classifier"))
     config = tiny_config()
     return config, workdir, train_and_evaluate(config, workdir)

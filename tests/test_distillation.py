@@ -5,23 +5,23 @@ import functools
 import jax
 import numpy as np
 import pytest
-from test_classification import tiny_config
+from test_classification import tiny_config, trained  # noqa: F401 (a fixture)
 
 from flaxformer_lite.data import create_datasets
 from flaxformer_lite.families import make_family
 from flaxformer_lite.training.checkpoint import restore_params
 from flaxformer_lite.training.step import train_step
-from flaxformer_lite.training.trainer import create_train_state, train_and_evaluate
+from flaxformer_lite.training.trainer import create_train_state
 
 TEMPERATURE, ALPHA = 3.0, 0.7
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A teacher trained for a few steps, and a smaller student's family, state and batch."""
-    teacher_dir = str(tmp_path_factory.mktemp("teacher"))
-    train_and_evaluate(tiny_config(num_train_steps=3, learning_rate=0.01), teacher_dir)
+def run(trained, tmp_path_factory):  # noqa: F811 (the fixture imported above)
+    """The trained classifier as the teacher; a smaller student's family, state and batch."""
+    _, teacher_dir, _ = trained
     config = tiny_config(teacher=teacher_dir, d_model=16, d_ff=32, num_encoder_layers=1)
+    config.data_dir = f"{teacher_dir}/data"  # the same prepared data
     config.update(distill_temperature=TEMPERATURE, distill_alpha=ALPHA, label_smoothing=0.1)
     config.update(weight_decay=0.5, learning_rate=0.01, warmup_steps=0)  # would move a teacher
     data = create_datasets(config, str(tmp_path_factory.mktemp("student")), 1)
