@@ -70,7 +70,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.mlp = "relu"  # relu | gelu (erf) | gelu_tanh | swiglu | geglu (gated: two input kernels)
     config.use_bias = True  # biases in the attention and feed-forward projections
     config.scale_embeddings = True  # token embeddings times sqrt(d_model)
-    config.position_encoding = "sinusoidal"
+    config.position_encoding = "sinusoidal"  # | learned | rope | t5_relative | alibi | none
+    config.rope_theta = 10000.0  # rope: the base of the rotation frequencies
+    config.relative_num_buckets = 32  # t5_relative: offset buckets ...
+    config.relative_max_distance = 128  # ... and the offset beyond which they share the last
+    config.scale_attention_logits = True  # Q.K / sqrt(head_dim); T5 leaves it unscaled
+    config.scale_decoder_output = False  # T5 v1.0: decoder output * d_model^-0.5 before logits
     config.tie_output_embedding = True
     config.dtype = "float32"
     config.param_dtype = "float32"

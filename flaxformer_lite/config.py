@@ -12,7 +12,8 @@ import jax.numpy as jnp
 NORM_PLACEMENTS = ("pre", "post")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("relu", "gelu", "gelu_tanh", "swiglu", "geglu")
-POSITION_ENCODINGS = ("sinusoidal", "learned")
+POSITION_ENCODINGS = ("sinusoidal", "learned", "rope", "t5_relative", "alibi", "none")
+ABSOLUTE_POSITION_ENCODINGS = ("sinusoidal", "learned")  # added to the token embeddings
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "explicit")
@@ -60,7 +61,21 @@ class TransformerConfig:
     )
     scale_embeddings: bool = True  # Token embeddings times sqrt(d_model) (section 3.4); GPT-2,
     # BERT, T5 and Llama look them up unscaled.
+    # Where the model learns token order: added to the embeddings ("sinusoidal": the paper;
+    # "learned": GPT-2, BERT), rotating queries and keys ("rope": Llama, rotate-half layout),
+    # or biasing attention logits by the offset key - query ("t5_relative": T5's learned
+    # log-spaced buckets, one table per stack; "alibi": fixed per-head linear penalties);
+    # "none" leaves only causal masking to tell positions apart.
     position_encoding: str = "sinusoidal"
+    rope_theta: float = 10000.0  # RoPE base: angle of feature pair i is pos * theta^(-2i/Dh).
+    relative_num_buckets: int = 32  # T5 buckets (per direction: half in the encoder).
+    relative_max_distance: int = 128  # T5: offsets beyond it share the last bucket.
+    # Divide the logits Q.K by sqrt(Dh) (the paper). T5 does not: its initialisation
+    # folds the factor into the query kernel.
+    scale_attention_logits: bool = True
+    # Multiply the decoder's last hidden state by d_model^-0.5 before the output layer
+    # (T5 v1.0 with its tied head; Hugging Face's `scale_decoder_outputs`).
+    scale_decoder_output: bool = False
     tie_output_embedding: bool = True  # Output projection reuses the target embedding.
     local_window: int | None = None  # Self-attention sees only positions within +-window.
     # What computes softmax(Q K^T) V: "explicit" einsums (the only path with attention dropout
@@ -93,6 +108,21 @@ class TransformerConfig:
                 self.num_kv_heads,
                 f"num_heads={self.num_heads} must be a multiple of it, so that every key/value "
                 "head serves the same number of query heads",
+            )
+        if self.position_encoding == "rope" and self.features_per_head % 2:
+            fail(
+                "position_encoding",
+                "rope",
+                f"RoPE rotates feature pairs, so head_dim={self.features_per_head} must be even",
+            )
+        if self.rope_theta <= 1.0:
+            fail("rope_theta", self.rope_theta, "the RoPE base must exceed 1 (Llama: 10000)")
+        if self.relative_num_buckets < 4 or self.relative_max_distance < self.relative_num_buckets:
+            fail(
+                "relative_num_buckets",
+                self.relative_num_buckets,
+                f"use at least 4 buckets and relative_max_distance={self.relative_max_distance} "
+                "at least as large (T5: 32 and 128)",
             )
         if not self.norm_epsilon > 0:
             fail("norm_epsilon", self.norm_epsilon, "it must be positive")

@@ -43,35 +43,68 @@ _TPU_KINDS = {
 _GPU_NAMES = ("H100", "A100")
 
 
-def attention_flops(batch: int, query_length: int, key_length: int, d_model: int) -> int:
+def attention_flops(
+    batch: int,
+    query_length: int,
+    key_length: int,
+    d_model: int,
+    *,
+    query_features: int | None = None,
+    key_value_features: int | None = None,
+) -> int:
     """One multi-head attention: Q, K, V, output projections, scores and weighted values.
 
     Queries (B, Q, D) and keys/values (B, K, D): Q and the output projection
-    run on the Q positions, K and V on the K positions, each a (D, D) matmul;
-    scores Q K^T and weights x V are (Q, K) by D per sequence, summed over heads.
+    run on the Q positions, K and V on the K positions. Q and the output map D to
+    and from query_features = H * Dh (default D); K and V map D to
+    key_value_features = Hkv * Dh (default query_features; fewer under grouped-query
+    attention). Scores Q K^T and weights x V are (Q, K) by Dh per head, over H heads.
     Masked entries (causal, local window) are computed all the same, so they count.
     """
-    projections = 2 * batch * (2 * query_length + 2 * key_length) * d_model * d_model
-    scores_and_values = 2 * 2 * batch * query_length * key_length * d_model
+    query_features = query_features or d_model
+    key_value_features = key_value_features or query_features
+    query_side = 2 * query_length * d_model * query_features  # Q and the output projection
+    key_side = 2 * key_length * d_model * key_value_features  # K and V
+    projections = 2 * batch * (query_side + key_side)
+    scores_and_values = 2 * 2 * batch * query_length * key_length * query_features
     return projections + scores_and_values
 
 
-def feed_forward_flops(batch: int, length: int, d_model: int, d_ff: int) -> int:
-    """The two matmuls of the position-wise MLP: (D, F) then (F, D) at every position."""
-    return 2 * 2 * batch * length * d_model * d_ff
+def feed_forward_flops(
+    batch: int, length: int, d_model: int, d_ff: int, *, gated: bool = False
+) -> int:
+    """The matmuls of the position-wise MLP at every position: (D, F) then (F, D), with a
+    second (D, F) input projection when gated (SwiGLU, GeGLU)."""
+    matmuls = 3 if gated else 2
+    return matmuls * 2 * batch * length * d_model * d_ff
+
+
+def _attention_flops(config: TransformerConfig, batch: int, queries: int, keys: int) -> int:
+    return attention_flops(
+        batch,
+        queries,
+        keys,
+        config.d_model,
+        query_features=config.num_heads * config.features_per_head,
+        key_value_features=config.key_value_heads * config.features_per_head,
+    )
+
+
+def _feed_forward_flops(config: TransformerConfig, batch: int, length: int) -> int:
+    gated = config.mlp in ("swiglu", "geglu")
+    return feed_forward_flops(batch, length, config.d_model, config.d_ff, gated=gated)
 
 
 def forward_flops(
     config: TransformerConfig, batch: int, source_length: int, target_length: int
 ) -> int:
     """Matmul FLOPs of one forward pass of the encoder-decoder on (B, S) -> (B, T) tokens."""
-    d, f = config.d_model, config.d_ff
-    encoder_layer = attention_flops(batch, source_length, source_length, d)
-    encoder_layer += feed_forward_flops(batch, source_length, d, f)
-    decoder_layer = attention_flops(batch, target_length, target_length, d)  # masked self
-    decoder_layer += attention_flops(batch, target_length, source_length, d)  # cross
-    decoder_layer += feed_forward_flops(batch, target_length, d, f)
-    output_layer = 2 * batch * target_length * d * config.output_vocab_size
+    encoder_layer = _attention_flops(config, batch, source_length, source_length)
+    encoder_layer += _feed_forward_flops(config, batch, source_length)
+    decoder_layer = _attention_flops(config, batch, target_length, target_length)  # masked self
+    decoder_layer += _attention_flops(config, batch, target_length, source_length)  # cross
+    decoder_layer += _feed_forward_flops(config, batch, target_length)
+    output_layer = 2 * batch * target_length * config.d_model * config.output_vocab_size
     return (
         config.num_encoder_layers * encoder_layer
         + config.num_decoder_layers * decoder_layer
@@ -81,9 +114,9 @@ def forward_flops(
 
 def decoder_only_forward_flops(config: TransformerConfig, batch: int, length: int) -> int:
     """Matmul FLOPs of one forward pass of the decoder-only LM on (B, T) tokens."""
-    d, f = config.d_model, config.d_ff
-    layer = attention_flops(batch, length, length, d) + feed_forward_flops(batch, length, d, f)
-    output_layer = 2 * batch * length * d * config.vocab_size
+    layer = _attention_flops(config, batch, length, length)
+    layer += _feed_forward_flops(config, batch, length)
+    output_layer = 2 * batch * length * config.d_model * config.vocab_size
     return config.num_decoder_layers * layer + output_layer
 
 

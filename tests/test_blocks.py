@@ -1,8 +1,9 @@
 """The modern building blocks, each checked against its definition: RMSNorm and the
 MLP variants against float64 NumPy formulas, grouped-query attention against
-multi-head attention with repeated key/value kernels, the decode cache's size, the
-logical axis names, and every option's cached decoding against its full forward
-under nn.scan and remat."""
+multi-head attention with repeated key/value kernels, the decode cache's size, RoPE's
+dependence on offsets alone, T5's buckets and ALiBi's slopes against the papers'
+formulas, the logical axis names, and every option's cached decoding against its
+full forward (under nn.scan and remat), on packed rows and on the fused path."""
 
 import functools
 import math
@@ -13,12 +14,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxformer_lite import TransformerConfig
-from flaxformer_lite.decoding import make_lm_tokens_to_logits, prefill_lm
-from flaxformer_lite.layers.attention import MultiHeadAttention
+from flaxformer_lite import Transformer, TransformerConfig
+from flaxformer_lite.decoding import (
+    make_lm_tokens_to_logits,
+    make_tokens_to_logits,
+    prefill,
+    prefill_lm,
+)
+from flaxformer_lite.layers.attention import MultiHeadAttention, dot_product_attention
 from flaxformer_lite.layers.embed import TokenEmbedding
 from flaxformer_lite.layers.mlp import FeedForward
 from flaxformer_lite.layers.norm import norm_layer
+from flaxformer_lite.layers.position_bias import alibi_bias, alibi_slopes, t5_relative_bucket
+from flaxformer_lite.layers.rotary import apply_rotary
 from flaxformer_lite.layers.sharding import AXIS_NAMES
 from flaxformer_lite.models.decoder_only import DecoderOnlyTransformer
 from flaxformer_lite.special_tokens import EOS_ID, PAD_ID
@@ -177,6 +185,87 @@ def test_unscaled_embeddings_are_the_table_rows():
         )
 
 
+# --- Positions: RoPE, T5 buckets, ALiBi ---------------------------------------------
+
+
+def numpy_rotate_half(x, position, theta=10000.0):
+    """RoPE as Hugging Face Llama writes it, in float64: x * cos + rotate_half(x) * sin,
+    with rotate_half(x) = (-x2, x1) and the angle table repeated over both halves."""
+    dim = x.shape[-1]
+    inverse_frequencies = theta ** -(np.arange(0, dim, 2) / dim)
+    angles = np.concatenate([position * inverse_frequencies] * 2)
+    first, second = x[: dim // 2], x[dim // 2 :]
+    return x * np.cos(angles) + np.concatenate([-second, first]) * np.sin(angles)
+
+
+def rotated(vector, position):
+    """One (Dh,) vector rotated at one position by the library's apply_rotary."""
+    x = jnp.asarray(vector, jnp.float32)[None, None, None, :]  # (B, L, H, Dh)
+    return np.asarray(apply_rotary(x, jnp.array([[position]]), 10000.0))[0, 0, 0]
+
+
+def test_rope_matches_llamas_rotate_half_and_scores_depend_only_on_the_offset():
+    query, key = RNG.normal(size=(2, 8))
+    np.testing.assert_allclose(rotated(query, 5), numpy_rotate_half(query, 5), atol=1e-5)
+
+    def score(query_position, key_position):
+        return rotated(query, query_position) @ rotated(key, key_position)
+
+    for offset in (0, 3, -2):
+        scores = [score(start + offset, start) for start in (0, 4, 9, 30)]
+        np.testing.assert_allclose(scores, scores[0], atol=1e-4)
+    assert abs(score(3, 0) - score(4, 0)) > 1e-3  # ...but the offset itself matters
+
+
+def t5_bucket_by_hand(offset: int, bidirectional: bool, num_buckets=32, max_distance=128):
+    """Raffel et al. 2020 / Mesh TensorFlow's rule, one offset (key - query) at a time."""
+    bucket = 0
+    if bidirectional:
+        num_buckets //= 2
+        if offset > 0:
+            bucket = num_buckets
+        distance = abs(offset)
+    else:
+        distance = max(-offset, 0)
+    exact = num_buckets // 2
+    if distance < exact:
+        return bucket + distance
+    log_part = math.log(distance / exact) / math.log(max_distance / exact)
+    return bucket + min(exact + int(log_part * (num_buckets - exact)), num_buckets - 1)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_t5_buckets_equal_the_papers_rule(bidirectional):
+    offsets = np.arange(-300, 301)
+    expected = [t5_bucket_by_hand(int(n), bidirectional) for n in offsets]
+    got = t5_relative_bucket(
+        jnp.asarray(offsets), bidirectional=bidirectional, num_buckets=32, max_distance=128
+    )
+    np.testing.assert_array_equal(got, expected)
+    # A few by hand: 0 -> 0; one back -> 1; far back -> the last bucket of its half.
+    far_back = 15 if bidirectional else 31
+    assert [t5_bucket_by_hand(n, bidirectional) for n in (0, -1, -1000)] == [0, 1, far_back]
+
+
+def test_alibi_slopes_for_8_heads_are_the_papers_halvings():
+    """Press et al. (2022): for 8 heads the slopes are 1/2, 1/4, ..., 1/256."""
+    np.testing.assert_allclose(alibi_slopes(8), [2.0**-k for k in range(1, 9)], rtol=0)
+    # 12 heads: the 8-head slopes, then every other slope of the 16-head sequence.
+    sixteen = [2.0 ** (-k / 2) for k in range(1, 17)]
+    np.testing.assert_allclose(alibi_slopes(12), [2.0**-k for k in range(1, 9)] + sixteen[0::2][:4])
+    bias = np.asarray(alibi_bias(8, jnp.arange(4), jnp.arange(4)))  # (1, H, Q, K)
+    np.testing.assert_allclose(bias[0, 1, 3], [-0.75, -0.5, -0.25, 0.0])  # slope 1/4
+
+
+def test_unscaled_logits_are_a_plain_dot_product():
+    query, key, value = (RNG.normal(size=(1, 3, 2, 4)).astype(np.float32) for _ in range(3))
+    output, _ = dot_product_attention(query, key, value, scale=1.0)
+    logits = np.einsum("bqhd,bkhd->bhqk", query, key).astype(np.float64)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    np.testing.assert_allclose(output, np.einsum("bhqk,bkhd->bqhd", weights, value), atol=1e-5)
+
+
 # --- Logical axis names --------------------------------------------------------------
 
 
@@ -202,9 +291,22 @@ def test_every_parameter_carries_logical_axis_names_and_scan_adds_layers():
 # --- Every option: scan, remat, and cached decoding == the full forward --------------
 
 OPTIONS = {
-    "swiglu_rmsnorm_gqa": dict(mlp="swiglu", norm="rmsnorm", num_kv_heads=2),
-    "geglu_multi_query_no_bias": dict(mlp="geglu", num_kv_heads=1, use_bias=False),
-    "gelu_head_dim_unscaled": dict(mlp="gelu", head_dim=6, scale_embeddings=False),
+    "llama_rope_swiglu_rmsnorm_gqa": dict(
+        position_encoding="rope", mlp="swiglu", norm="rmsnorm", num_kv_heads=2, use_bias=False
+    ),
+    "t5_relative_geglu_multi_query": dict(
+        position_encoding="t5_relative",
+        relative_num_buckets=8,
+        relative_max_distance=8,  # offsets up to 9 reach the log-spaced buckets
+        mlp="geglu",
+        num_kv_heads=1,
+        scale_attention_logits=False,
+        scale_decoder_output=True,
+    ),
+    "alibi_gelu_head_dim_unscaled": dict(
+        position_encoding="alibi", mlp="gelu", head_dim=6, scale_embeddings=False
+    ),
+    "no_positions_gelu_tanh": dict(position_encoding="none", mlp="gelu_tanh"),
 }
 STACKINGS = {
     "loop": dict(),
@@ -241,12 +343,89 @@ def check_cached_equals_full(config: TransformerConfig):
     full, cached, start = full_and_cached_logits(model, params, TARGETS, PROMPT)
     compared = (TARGETS != PAD_ID) & (jnp.arange(TARGETS.shape[1]) >= start)
     np.testing.assert_allclose(cached[compared], full[compared], atol=1e-5, rtol=0)
-    # A training step's gradient runs through scan and remat too.
-    grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, TARGETS).sum()))(params)
-    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(grads))
+    if config.remat_policy != "none":  # remat changes the backward pass alone
+        grads = jax.jit(jax.grad(lambda p: model.apply({"params": p}, TARGETS).sum()))(params)
+        assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(grads))
 
 
-@pytest.mark.parametrize("stacking", list(STACKINGS))
-@pytest.mark.parametrize("option", list(OPTIONS))
+# Every option scanned and rematerialised; RoPE, whose positions reach each layer, looped too.
+CASES = [(option, "scan_remat") for option in OPTIONS] + [("llama_rope_swiglu_rmsnorm_gqa", "loop")]
+
+
+@pytest.mark.parametrize("option, stacking", CASES)
 def test_each_option_decodes_from_the_cache_as_the_full_forward(option, stacking):
     check_cached_equals_full(TINY.replace(**OPTIONS[option], **STACKINGS[stacking]))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def packed_and_alone(model, params):
+    """Logits of two examples packed in one row (positions restarting), and alone."""
+    first, second = [5, 6, 7, 8, EOS_ID], [9, 10, 11, EOS_ID]
+    row = jnp.array([first + second + [0]])
+    segmentation = jnp.array([[1] * 5 + [2] * 4 + [0]])
+    positions = jnp.array([list(range(5)) + list(range(4)) + [0]])
+    packed = model.apply({"params": params}, row, segmentation, positions)
+    alone = model.apply({"params": params}, jnp.array([first + [0] * 5, second + [0] * 6]))
+    return packed, alone
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_each_option_gives_packed_examples_their_own_positions(option):
+    model = DecoderOnlyTransformer(TINY.replace(**OPTIONS[option]))
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(2), TARGETS)["params"])
+    packed, alone = packed_and_alone(model, params)
+    np.testing.assert_allclose(packed[0, :5], alone[0, :5], atol=1e-5)
+    np.testing.assert_allclose(packed[0, 5:9], alone[1, :4], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "option", ["t5_relative_geglu_multi_query", "alibi_gelu_head_dim_unscaled"]
+)
+def test_position_bias_reaches_the_fused_path(option):
+    config = TINY.replace(**OPTIONS[option])
+    explicit = DecoderOnlyTransformer(config.replace(attention_implementation="explicit"))
+    fused = DecoderOnlyTransformer(config.replace(attention_implementation="xla"))
+    params = nn.meta.unbox(jax.jit(explicit.init)(jax.random.key(3), TARGETS)["params"])
+    np.testing.assert_allclose(
+        jax.jit(fused.apply)({"params": params}, TARGETS),
+        jax.jit(explicit.apply)({"params": params}, TARGETS),
+        atol=1e-5,
+    )
+
+
+T5_LIKE = TINY.replace(
+    **OPTIONS["t5_relative_geglu_multi_query"],
+    norm="rmsnorm",
+    use_bias=False,
+    scale_embeddings=False,
+    num_encoder_layers=1,
+)
+SOURCES = jnp.array([[5, 6, 7, 8, 9, 10, 11, EOS_ID], [12, 13, 14, EOS_ID, 0, 0, 0, 0]])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def encoder_decoder_full_and_cached(model, params, inputs, targets):
+    full = model.apply({"params": params}, inputs, targets)
+    length = targets.shape[1]
+    start = prefill(model, params, inputs, max_decode_len=length)  # BOS alone
+    tokens_to_logits = make_tokens_to_logits(model, params, inputs)
+    cached = jnp.zeros_like(full).at[:, 0].set(start.logits)
+
+    def step(position, carry):
+        cached, cache = carry
+        logits, cache = tokens_to_logits(targets[:, position, None], cache)
+        return cached.at[:, position + 1].set(logits), cache
+
+    cached, _ = jax.lax.fori_loop(0, length - 1, step, (cached, start.cache))
+    return full, cached
+
+
+def test_t5_like_encoder_decoder_decodes_from_the_cache_as_the_full_forward():
+    """Both stacks' relative biases (bidirectional and causal; scanned stacks), with the
+    decoder's bias reaching every cached step."""
+    model = Transformer(T5_LIKE.replace(scan_layers=True))
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(4), SOURCES, TARGETS)["params"])
+    assert "position_bias" in params["encoder"] and "position_bias" in params["decoder"]
+    full, cached = encoder_decoder_full_and_cached(model, params, SOURCES, TARGETS)
+    compared = TARGETS != PAD_ID
+    np.testing.assert_allclose(cached[compared], full[compared], atol=1e-5, rtol=0)

@@ -61,8 +61,9 @@ def model_and_batch(config):
         {"attention_implementation": "explicit"},
         {"tie_output_embedding": False, "target_vocab_size": 41},
         {"scan_layers": True},
+        {"num_kv_heads": 1, "head_dim": 6, "mlp": "swiglu"},
     ],
-    ids=["default", "explicit_attention", "separate_output_vocab", "scan_layers"],
+    ids=["default", "explicit_attention", "separate_output_vocab", "scan_layers", "gqa_gated"],
 )
 def test_forward_flops_match_traced_matmuls(changes):
     config = tiny_config(**changes)

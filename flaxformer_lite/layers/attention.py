@@ -15,6 +15,7 @@ from jax import lax
 from flaxformer_lite.config import TransformerConfig
 from flaxformer_lite.layers import masks as masks_lib
 from flaxformer_lite.layers import matmul, sharding
+from flaxformer_lite.layers.rotary import apply_rotary
 
 
 def attention_weights(
@@ -22,13 +23,16 @@ def attention_weights(
     key: jnp.ndarray,
     mask: jnp.ndarray | None = None,
     bias: jnp.ndarray | None = None,
+    scale: float | None = None,
 ) -> jnp.ndarray:
-    """softmax(Q K^T / sqrt(Dh) + bias) in float32. (B,Q,H,Dh),(B,K,H,Dh) -> (B,H,Q,K).
+    """softmax(Q K^T * scale + bias) in float32. (B,Q,H,Dh),(B,K,H,Dh) -> (B,H,Q,K).
 
-    A query row whose keys are all masked gets weights of exactly zero (so
-    its output is zero), never the NaN of a softmax over nothing.
+    `scale` defaults to 1 / sqrt(Dh). A query row whose keys are all masked gets
+    weights of exactly zero (so its output is zero), never the NaN of a softmax
+    over nothing.
     """
-    scale = query.shape[-1] ** -0.5
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
     logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
     logits = logits * scale
     if bias is not None:
@@ -47,11 +51,13 @@ def dot_product_attention(
     mask: masks_lib.AttentionMask | jnp.ndarray | None = None,
     bias: jnp.ndarray | None = None,
     *,
+    scale: float | None = None,
     implementation: str = "explicit",
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray | None]:
-    """Attention(Q, K, V) = softmax(Q K^T / sqrt(Dh)) V, per head.
+    """Attention(Q, K, V) = softmax(Q K^T * scale + bias) V, per head; scale 1/sqrt(Dh)
+    unless given.
 
     query (B, Q, H, Dh); key, value (B, K, Hkv, Dh), Hkv dividing H (grouped-query
     attention when Hkv < H); mask a boolean array or an
@@ -66,13 +72,13 @@ def dot_product_attention(
     use_dropout = dropout_rng is not None and dropout_rate > 0.0
     implementation = choose_implementation(implementation, query, needs_weights=use_dropout)
     if implementation != "explicit":
-        return _fused_attention(query, key, value, mask, bias, implementation), None
+        return _fused_attention(query, key, value, mask, bias, scale, implementation), None
 
     if key.shape[2] != query.shape[2]:  # Grouped-query: each KV head serves H / Hkv queries.
         group_size = query.shape[2] // key.shape[2]
         key = jnp.repeat(key, group_size, axis=2)  # (B, K, H, Dh)
         value = jnp.repeat(value, group_size, axis=2)
-    weights = attention_weights(query, key, None if mask is None else mask.dense, bias)
+    weights = attention_weights(query, key, None if mask is None else mask.dense, bias, scale)
     kept_weights = weights  # (B, H, Q, K) float32
     if use_dropout:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
@@ -110,7 +116,7 @@ def _cudnn_accepts(query: jnp.ndarray) -> bool:
     return query.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
 
 
-def _fused_attention(query, key, value, mask, bias, implementation):
+def _fused_attention(query, key, value, mask, bias, scale, implementation):
     """jax.nn.dot_product_attention, given the mask in its compact form where it has one."""
     batch, query_length = query.shape[:2]
     if mask is None:
@@ -125,7 +131,13 @@ def _fused_attention(query, key, value, mask, bias, implementation):
         dense = jnp.broadcast_to(mask.dense, (batch, 1, query_length, key.shape[1]))
         mask_arguments = dict(mask=dense)
     output = jax.nn.dot_product_attention(
-        query, key, value, bias=bias, implementation=implementation, **mask_arguments
+        query,
+        key,
+        value,
+        bias=bias,
+        scale=scale,
+        implementation=implementation,
+        **mask_arguments,
     )  # (B, Q, H, Dh)
     if mask is None:
         return output
@@ -160,11 +172,18 @@ class MultiHeadAttention(nn.Module):
         inputs_kv: jnp.ndarray | None = None,
         mask: masks_lib.AttentionMask | jnp.ndarray | None = None,
         cache_index: jnp.ndarray | None = None,
+        *,
+        positions: jnp.ndarray | None = None,
+        position_bias: jnp.ndarray | None = None,
     ) -> jnp.ndarray:
         """inputs_q (B, Q, D); inputs_kv (B, K, D) for cross-attention -> (B, Q, D).
 
         In decode mode, `cache_index` is the position of inputs_q's first row;
         cross-attention called with inputs_kv=None reads the cached keys/values.
+        `positions` (B, Q), each token's position in its example, rotate self-attention's
+        queries and keys under RoPE. `position_bias` (1, H, Q, K) is added to the logits
+        (T5, ALiBi); in decode mode it may cover more keys than the cache, which keeps
+        the first K.
         """
         cfg = self.config
         dense_general = functools.partial(
@@ -196,6 +215,11 @@ class MultiHeadAttention(nn.Module):
         if self.is_self_attention:
             key = heads(project(kv_heads, "key")(inputs_q))  # (B, Q, Hkv, Dh)
             value = heads(project(kv_heads, "value")(inputs_q))
+            if cfg.position_encoding == "rope":  # Keys enter the cache already rotated.
+                if positions is None:
+                    raise ValueError("RoPE self-attention needs the positions of its tokens.")
+                query = apply_rotary(query, positions, cfg.rope_theta)
+                key = apply_rotary(key, positions, cfg.rope_theta)
             if self.decode:
                 key, value, mask, overflow = self._update_self_cache(key, value, mask, cache_index)
         elif self.decode and inputs_kv is None:
@@ -208,11 +232,15 @@ class MultiHeadAttention(nn.Module):
 
         attention_dropout = not self.deterministic and cfg.attention_dropout_rate > 0.0
         want_weights = self.is_mutable_collection("intermediates")
+        if position_bias is not None:
+            position_bias = position_bias[..., : key.shape[1]]  # (1, H, Q, K)
         output, weights = dot_product_attention(
             query,
             key,
             value,
             mask,
+            position_bias,
+            scale=None if cfg.scale_attention_logits else 1.0,
             implementation="explicit" if want_weights else cfg.attention_implementation,
             dropout_rate=cfg.attention_dropout_rate,
             dropout_rng=self.make_rng("dropout") if attention_dropout else None,

@@ -6,7 +6,7 @@ Shapes: B batch, S source length, T target length, D d_model, V vocabulary.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from flaxformer_lite.config import TransformerConfig
+from flaxformer_lite.config import ABSOLUTE_POSITION_ENCODINGS, TransformerConfig
 from flaxformer_lite.layers import masks as masks_lib
 from flaxformer_lite.layers import matmul, sharding
 from flaxformer_lite.layers.attention import MultiHeadAttention
@@ -14,6 +14,7 @@ from flaxformer_lite.layers.embed import TokenEmbedding
 from flaxformer_lite.layers.mlp import FeedForward
 from flaxformer_lite.layers.norm import norm_layer
 from flaxformer_lite.layers.position import PositionEncoding
+from flaxformer_lite.layers.position_bias import PositionBias
 from flaxformer_lite.models.inputs import check_tokens, shift_right
 from flaxformer_lite.models.stack import LayerStack
 
@@ -33,8 +34,12 @@ class EncoderLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, mask):
-        """x (B, S, D), mask an AttentionMask over (B, 1, S, S) -> ((B, S, D), None)."""
+    def __call__(self, x, mask, positions=None, position_bias=None):
+        """x (B, S, D), mask an AttentionMask over (B, 1, S, S) -> ((B, S, D), None).
+
+        positions (B, S) rotate queries and keys under RoPE; position_bias (1, H, S, S)
+        (T5, ALiBi) is added to the attention logits. Both are shared by every layer.
+        """
         cfg, deterministic = self.config, self.deterministic
         pre_norm, post_norm = cfg.norm_placement == "pre", cfg.norm_placement == "post"
 
@@ -43,7 +48,7 @@ class EncoderLayer(nn.Module):
             x = norm_layer(cfg, "pre_self_attention_norm")(x)
         x = MultiHeadAttention(
             cfg, is_self_attention=True, deterministic=deterministic, name="self_attention"
-        )(x, mask=mask)
+        )(x, mask=mask, positions=positions, position_bias=position_bias)
         x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if post_norm:
             x = norm_layer(cfg, "post_self_attention_norm")(x)
@@ -72,11 +77,14 @@ class DecoderLayer(nn.Module):
     has_cross_attention: bool = True
 
     @nn.compact
-    def __call__(self, x, mask, encoded, cross_mask, cache_index):
+    def __call__(
+        self, x, mask, encoded, cross_mask, cache_index, positions=None, position_bias=None
+    ):
         """x (B, T, D); encoded (B, S, D), or None on decode steps after the prefill.
 
         mask and cross_mask are AttentionMasks over (B, 1, T, T) and (B, 1, T, S) (mask is
         None in decode mode: attention builds it over the cache) -> ((B, T, D), None).
+        positions and position_bias serve self-attention, as in EncoderLayer.
         """
         cfg, deterministic, decode = self.config, self.deterministic, self.decode
         pre_norm, post_norm = cfg.norm_placement == "pre", cfg.norm_placement == "post"
@@ -90,7 +98,13 @@ class DecoderLayer(nn.Module):
             deterministic=deterministic,
             decode=decode,
             name="self_attention",
-        )(x, mask=mask, cache_index=cache_index)
+        )(
+            x,
+            mask=mask,
+            cache_index=cache_index,
+            positions=positions,
+            position_bias=position_bias,
+        )
         x = residual + nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
         if post_norm:
             x = norm_layer(cfg, "post_self_attention_norm")(x)
@@ -121,7 +135,8 @@ class DecoderLayer(nn.Module):
 
 
 class Embedder(nn.Module):
-    """Token embedding + positional encoding, then dropout. (B, L) -> (B, L, D).
+    """Token embedding + absolute positional encoding (sinusoidal or learned; the other
+    encodings act inside attention), then dropout. (B, L) -> (B, L, D).
 
     The sum is exposed through `perturb("embedded")`, so gradients with respect
     to each position's input (saliency, causality checks) are one `grad` away.
@@ -132,9 +147,12 @@ class Embedder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions=None, *, deterministic: bool = True):
+        """tokens (B, L), positions (B, L) (None: 0..L-1 in every row) -> (B, L, D)."""
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        x = PositionEncoding(self.config, name="position")(self.token_embedding(tokens), positions)
+        x = self.token_embedding(tokens)
+        if self.config.position_encoding in ABSOLUTE_POSITION_ENCODINGS:
+            x = PositionEncoding(self.config, name="position")(x, positions)
         x = self.perturb("embedded", x)
         x = sharding.constrain(x, "batch", "length", "embed")
         return nn.Dropout(self.config.dropout_rate)(x, deterministic=deterministic)
@@ -172,11 +190,15 @@ class Encoder(nn.Module):
                     _local_window(cfg, inputs.shape[1]),
                 )
             )
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
         x = Embedder(cfg, self.token_embedding, name="embedder")(
             inputs, positions, deterministic=deterministic
         )
+        offsets = jnp.arange(inputs.shape[1])  # bias depends on key - query alone
+        bias = PositionBias(cfg, bidirectional=True, name="position_bias")(offsets, offsets)
         x = LayerStack(EncoderLayer, cfg, cfg.num_encoder_layers, name="stack")(
-            x, mask, deterministic=deterministic
+            x, mask, positions, bias, deterministic=deterministic
         )
         return FinalNorm(cfg, name="final")(x)
 
@@ -215,9 +237,14 @@ class Decoder(nn.Module):
             cache_index = index.value
             positions = cache_index + jnp.broadcast_to(jnp.arange(length), decoder_inputs.shape)
             self_mask = None  # Causal (and local) structure over the cache is built in attention.
+            # Queries sit at cache_index...; keys are every position a cache may hold.
+            query_offsets, key_offsets = cache_index + jnp.arange(length), jnp.arange(cfg.max_len)
         else:
             cache_index, positions = None, targets_position
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(length), decoder_inputs.shape)
             self_mask = _causal_self_mask(cfg, decoder_inputs, targets_segmentation)
+            query_offsets = key_offsets = jnp.arange(length)
         cross_mask = None
         if self.has_cross_attention:
             cross_mask = _cross_mask(
@@ -231,17 +258,24 @@ class Decoder(nn.Module):
         x = Embedder(cfg, self.token_embedding, name="embedder")(
             decoder_inputs, positions, deterministic=deterministic
         )
+        bias = PositionBias(cfg, bidirectional=False, name="position_bias")(
+            query_offsets, key_offsets
+        )
         x = LayerStack(DecoderLayer, cfg, cfg.num_decoder_layers, name="stack")(
             x,
             self_mask,
             encoded,
             cross_mask,
             cache_index,
+            positions,
+            bias,
             deterministic=deterministic,
             decode=decode,
             has_cross_attention=self.has_cross_attention,
         )
         x = FinalNorm(cfg, name="final")(x)
+        if cfg.scale_decoder_output:
+            x = x * cfg.d_model**-0.5
         if decode and allocated:
             index.value = cache_index + length
         if cfg.tie_output_embedding:
