@@ -22,7 +22,7 @@ from configs.default import get_config
 from flaxformer_lite.data import create_datasets
 from flaxformer_lite.families import make_family
 from flaxformer_lite.training import mesh
-from flaxformer_lite.training.checkpoint import restore_params
+from flaxformer_lite.training.checkpoint import Checkpointer
 from flaxformer_lite.training.metrics import summarize
 
 STEPS = 4
@@ -91,14 +91,15 @@ def one_process_reference(workdir):
             state, jax.device_put(batch, parallel.batch_sharding), rng
         )
         metrics.append(jax.device_get(step_metrics))
-    return jax.device_get(state.params), summarize(metrics)["loss"]
+    return parallel, jax.device_get(state.params), summarize(metrics)["loss"]
 
 
 def test_two_processes_end_where_one_process_with_four_devices_ends(two_process_run, tmp_path):
     workdir, output = two_process_run
-    params, train_loss = one_process_reference(tmp_path)
+    parallel, params, train_loss = one_process_reference(tmp_path)
     np.testing.assert_allclose(final_value(output, "train_loss"), train_loss, rtol=1e-5)
-    saved = restore_params(str(workdir))  # written by both processes together
+    # Written by both processes together, read into this process's 4-device layout.
+    saved = Checkpointer(str(workdir), save_every=STEPS).restore(parallel.state_template()).params
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), saved, params)
 
 
