@@ -3,7 +3,7 @@
     python benchmarks/run.py                   # everything (~10 minutes on a 2-core CPU)
     python benchmarks/run.py --only train      # one part: train, lm, compile, memory, sharding, ...
     python benchmarks/run.py --only default_seeds   # on request only (~10 minutes)
-    python benchmarks/run.py --only recurrence      # on request only (~10 minutes)
+    python benchmarks/run.py --only recurrence      # on request only (10-17 minutes, estimated)
     python benchmarks/run.py --only variants        # on request only (~5 minutes)
 
 Parts:
