@@ -90,10 +90,10 @@ def test_init_from_loads_the_encoder_and_initialises_the_new_heads_afresh(tmp_pa
     fine_tuning = make_family(tiny_config(init_from=pretraining), vocab_size=263)
     params = fine_tuning.init_params(jax.random.key(5))
     fresh = make_family(tiny_config(), vocab_size=263).init_params(jax.random.key(5))
-    assert (
-        "loaded embeddings, stack, token_embedding; freshly initialised" in capsys.readouterr().out
-    )
-    for part in ("token_embedding", "embeddings", "stack"):
+    log = capsys.readouterr().out
+    assert "loaded embeddings, final, stack, token_embedding; freshly initialised" in log
+    assert "freshly initialised classifier, pooler" in log
+    for part in ("token_embedding", "embeddings", "stack", "final"):  # final: pre-LN's norm
         jax.tree.map(np.testing.assert_array_equal, params[part], pretrained[part])
     for part in ("pooler", "classifier"):  # masked-LM pre-training has neither
         jax.tree.map(np.testing.assert_array_equal, params[part], fresh[part])
