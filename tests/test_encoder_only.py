@@ -130,8 +130,13 @@ def test_the_loss_counts_only_the_chosen_positions(mlm_data):
     family = EncoderOnly(model_config=tiny_config(max_len=48), max_length=48, max_predictions=8)
     batch = jax.tree.map(lambda x: x[0], next(mlm_data.eval_batches()))
     params = family.init_params(jax.random.key(0))
-    logits = np.asarray(family.apply(params, batch)["mlm_logits"], np.float64)  # (B, P, V)
     sums = family.metric_sums(family.apply(params, batch), batch, label_smoothing=0.0)
+    # The reference: the output layer at every position (B, S, V), then the chosen ones.
+    inputs = {**family.model_inputs(batch), "masked_positions": None}
+    everywhere = family.module.apply({"params": params}, **inputs)["mlm_logits"]
+    logits = np.take_along_axis(
+        np.asarray(everywhere, np.float64), batch["mlm_positions"][..., None], axis=1
+    )  # (B, P, V)
 
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     nll = -np.take_along_axis(log_probs, batch["mlm_ids"][..., None], -1)[..., 0]  # (B, P)
