@@ -44,7 +44,7 @@ from flaxformer_lite.special_tokens import BOS_ID, PAD_ID
 __all__ = ["Pretrained", "PretrainedError", "PretrainedTokenizer", "load", "SUPPORTED"]
 
 # model_type -> its module here (PREFIXES, layout(hf_config, names, path=...) -> Layout).
-SUPPORTED = ("bert", "roberta", "distilbert", "gpt2")
+SUPPORTED = ("bert", "roberta", "distilbert", "gpt2", "llama", "t5")
 
 
 @dataclasses.dataclass(frozen=True)
