@@ -32,7 +32,11 @@ def test_invalid_field_is_named(changes, message):
 def test_defaults_are_the_papers_base_model():
     config = TransformerConfig()
     assert (config.d_model, config.num_heads, config.d_ff) == (512, 8, 2048)
-    assert (config.num_encoder_layers, config.num_decoder_layers, config.features_per_head) == (6, 6, 64)
+    assert (config.num_encoder_layers, config.num_decoder_layers, config.features_per_head) == (
+        6,
+        6,
+        64,
+    )
 
 
 @pytest.mark.parametrize(
