@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
+from flaxformer_lite import command_line
 from flaxformer_lite.data.captions import load_image
 from flaxformer_lite.decoding import decode_batch
 from flaxformer_lite.trained_run import load_trained_run
@@ -64,17 +65,20 @@ class TrainedCaptioner:
         return captions
 
 
-flags.DEFINE_string("workdir", None, "The training run's workdir.", required=True)
-flags.DEFINE_integer("beam_size", 1, "1 is greedy search.")
-flags.DEFINE_float("alpha", 0.6, "GNMT length penalty exponent for beam search.")
-flags.DEFINE_integer("max_length", None, "Longest caption in tokens (default: the config's).")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+FLAGS = flags.FlagValues()  # the tool's own (command_line.py)
+flags.DEFINE_string("workdir", None, "The training run's workdir.", flag_values=FLAGS)
+flags.DEFINE_integer("beam_size", 1, "1 is greedy search.", flag_values=FLAGS)
+flags.DEFINE_float("alpha", 0.6, "GNMT length penalty exponent for beam search.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "max_length", None, "Longest caption in tokens (default: the config's).", flag_values=FLAGS
+)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
+flags.mark_flag_as_required("workdir", flag_values=FLAGS)
 
 
 def main(argv):
     paths = argv[1:]
     logging.set_verbosity(logging.ERROR)  # orbax warns about read-only restores
-    FLAGS = flags.FLAGS
     if not paths:
         raise SystemExit(
             "error: name at least one image: python -m flaxformer_lite.caption "
@@ -94,7 +98,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    app.run(main, flags_parser=command_line.own_flags_parser(FLAGS))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from flaxformer_lite import pretrained
+from flaxformer_lite import command_line, pretrained
 from flaxformer_lite.special_tokens import PAD_ID
 
 # Pooling modes in the order sentence-transformers concatenates them, and their legacy
@@ -191,7 +191,7 @@ class SentenceEncoder:
         return np.concatenate(outputs).astype(np.float32)
 
 
-FLAGS = flags.FlagValues()
+FLAGS = flags.FlagValues()  # the tool's own (command_line.py)
 flags.DEFINE_string("model_dir", None, "A Hugging Face model directory.", flag_values=FLAGS)
 flags.DEFINE_string("input", None, "One sentence per line (default: stdin).", flag_values=FLAGS)
 flags.DEFINE_string(
@@ -201,14 +201,6 @@ flags.DEFINE_string(
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("batch_size", 32, "Sentences per compiled call.", flag_values=FLAGS)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    rest = flags.FLAGS(argv, known_only=True)
-    try:
-        return FLAGS(rest)
-    except flags.Error as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 def main(argv):
@@ -238,7 +230,7 @@ def _read_lines(path: str | None) -> list[str]:
 
 
 def run():
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=command_line.own_flags_parser(FLAGS))
 
 
 if __name__ == "__main__":

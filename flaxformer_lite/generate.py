@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from flaxformer_lite import pretrained
+from flaxformer_lite import command_line, pretrained
 from flaxformer_lite.config import ConfigError
 from flaxformer_lite.data import DataError, DataOptions
 from flaxformer_lite.data.formats import data_format
@@ -256,9 +256,7 @@ class TextStream:
         self.shown = max(self.shown, len(text))
 
 
-# Flags of their own: absl's global FLAGS also hold translate.py's --workdir and --step,
-# and one process (a test session, a notebook) may import both tools.
-FLAGS = flags.FlagValues()
+FLAGS = flags.FlagValues()  # the tool's own (command_line.py)
 flags.DEFINE_string("workdir", None, "The training run's workdir.", flag_values=FLAGS)
 flags.DEFINE_string(
     "model_dir",
@@ -278,15 +276,6 @@ flags.DEFINE_float(
 flags.DEFINE_integer("seed", 0, "The same seed draws the same samples.", flag_values=FLAGS)
 flags.DEFINE_integer("num_samples", 1, "Samples to draw, one after another.", flag_values=FLAGS)
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", flag_values=FLAGS)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's own flags (--help, logging) first, then generate's; a bad flag is one line."""
-    rest = flags.FLAGS(argv, known_only=True)
-    try:
-        return FLAGS(rest)
-    except flags.Error as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 SAMPLE_SEPARATOR = "-" * 40
@@ -335,7 +324,7 @@ def main(argv):
 
 
 def run():
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=command_line.own_flags_parser(FLAGS))
 
 
 if __name__ == "__main__":
