@@ -98,6 +98,11 @@ def text_splits(
 ) -> dict[str, TextSplit]:
     """Each split of a catalog dataset as a `TextSplit` of (source, target) pairs."""
     kind = CATALOG[name].kind
+    if kind == "image":
+        raise DataError(
+            f"config.dataset={name!r} holds images, not text: train it with config.model='vit' "
+            "(configs/vit_default.py)."
+        )
     if kind == "document":
         return {
             split: TextSplit(

@@ -19,7 +19,10 @@ def rows(data, split):
     return pairs
 
 
-@pytest.mark.parametrize("name", list(catalog.CATALOG))
+TEXT_DATASETS = [name for name, entry in catalog.CATALOG.items() if entry.kind != "image"]
+
+
+@pytest.mark.parametrize("name", TEXT_DATASETS)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_catalog_records_become_the_right_pairs(tmp_path, make_config, monkeypatch, name, reverse):
     # tfds' mock binds `__getitem__` but not `__getitems__` to its fake reader: read one by one.
@@ -80,3 +83,10 @@ def test_download_without_network_gives_one_line(tmp_path, make_config, monkeypa
     assert "'tiny_shakespeare' (ConnectionError: Failed to resolve" in message
     assert "config.manual_dir" in message
     assert not list((tmp_path / "tfds").glob("tiny_shakespeare/*/*.array_record*"))
+
+
+def test_an_image_dataset_for_a_text_model_is_named_in_one_line(tmp_path, make_config, monkeypatch):
+    monkeypatch.setattr(BaseDataSource, "__getitems__", lambda self, keys: [self[k] for k in keys])
+    config = make_config(dataset="mnist", data_dir=str(tmp_path / "tfds"))
+    with tfds.testing.mock_data(num_examples=4), pytest.raises(DataError, match="model='vit'"):
+        create_datasets(config, str(tmp_path), num_local_devices=2)
