@@ -22,7 +22,7 @@ from configs.default import get_config
 from flaxformer_lite.data import create_datasets
 from flaxformer_lite.families import make_family
 from flaxformer_lite.training import mesh
-from flaxformer_lite.training.checkpoint import Checkpointer
+from flaxformer_lite.training.checkpoint import Checkpointer, restore_params
 from flaxformer_lite.training.metrics import summarize
 
 STEPS = 4
@@ -104,6 +104,9 @@ def test_two_processes_end_where_one_process_with_four_devices_ends(two_process_
     # Written by both processes together, read into this process's 4-device layout.
     saved = Checkpointer(str(workdir), save_every=STEPS).restore(parallel.state_template()).params
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), saved, params)
+    # ... and read by the inference tools (generate, translate, caption) onto one device.
+    for_inference = restore_params(str(workdir))
+    jax.tree.map(np.testing.assert_array_equal, for_inference, jax.device_get(saved))
 
 
 def test_only_process_zero_logs(two_process_run):

@@ -124,7 +124,8 @@ def _first_shape_mismatch(expected, restored) -> str | None:
 def restore_params(workdir: str, step: int | None = None):
     """Only the model parameters of a training run, for inference and notebooks.
 
-    Needs no model, optimizer or data: the parameter tree is read as saved.
+    Needs no model, optimizer or data: the parameter tree is read as saved, onto this
+    process's first device, whatever mesh or processes wrote it.
     """
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     if not os.path.isdir(directory):
@@ -135,15 +136,28 @@ def restore_params(workdir: str, step: int | None = None):
         directory, options=ocp.CheckpointManagerOptions(read_only=True)
     ) as manager:
         step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{directory} holds no finished checkpoint.")
-        try:
-            restored = manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore())
-            )
-        except Exception as error:
-            raise CheckpointError(
-                f"Cannot read parameters of step {step} from {directory}: "
-                f"{type(error).__name__}: {str(error)[:300]}."
-            ) from error
-    return restored["state"]["params"]
+    if step is None:
+        raise FileNotFoundError(f"{directory} holds no finished checkpoint.")
+    state_directory = os.path.join(directory, str(step), "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        # A checkpoint written under a mesh records shardings over devices this process
+        # may not have: every array is read onto one local device instead.
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        restore_args = jax.tree.map(
+            lambda leaf: (
+                ocp.ArrayRestoreArgs(sharding=one_device)
+                if isinstance(leaf, ocp.metadata.ArrayMetadata)
+                else ocp.RestoreArgs()
+            ),
+            checkpointer.metadata(state_directory).item_metadata,
+        )
+        restored = checkpointer.restore(
+            state_directory, args=ocp.args.PyTreeRestore(restore_args=restore_args)
+        )
+    except Exception as error:
+        raise CheckpointError(
+            f"Cannot read parameters of step {step} from {directory}: "
+            f"{type(error).__name__}: {str(error)[:300]}."
+        ) from error
+    return restored["params"]
