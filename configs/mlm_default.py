@@ -9,14 +9,15 @@ reports the loss and accuracy at the chosen positions of held-out rows (fixed ma
     python train.py --config=configs/mlm_default.py --config.dataset=text \
         --config.train_file=my.txt --workdir=runs/mlm_text       # one line of text a row
     python train.py --config=configs/classify_default.py --config.init_from=runs/mlm \
-        --config.max_source_length=32 --workdir=runs/classify_from_mlm   # same position table
+        --config.max_source_length=32 --config.norm_placement=post \
+        --workdir=runs/classify_from_mlm   # the same position table and norm placement
 
 Starts from configs/default.py and overrides what differs.
 """
 
 import ml_collections
 
-from configs import default
+from configs import default, small_bert
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -26,26 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_source_length = 32  # CLS, up to 12 digits, SEP, their reversal, SEP; packed
     config.overlong = "truncate"  # a long line of text is cut, keeping its final SEP
 
-    # BERT's layout, small (as configs/classify_default.py, so a classifier can start here).
-    config.norm_placement = "post"
-    config.norm_epsilon = 1e-12
-    config.mlp = "gelu"
-    config.use_bias = True
-    config.position_encoding = "learned"
-    config.scale_embeddings = False
-    config.d_model = 64
-    config.num_heads = 4
-    config.d_ff = 256
-    config.num_encoder_layers = 2
-
-    config.per_device_batch_size = 64
+    small_bert.apply(config, norm_placement="post")
     config.num_train_steps = 600
-    config.learning_rate = 0.001
     config.warmup_steps = 60
-    config.weight_decay = 0.01
-    config.adam_b2 = 0.999
-    config.adam_eps = 1e-6
-    config.label_smoothing = 0.0
     config.eval_every_steps = 150
     config.checkpoint_every_steps = 300
     return config
