@@ -17,7 +17,7 @@ Starts from configs/default.py and overrides what differs.
 
 import ml_collections
 
-from configs import default, small_bert
+from configs import _small_bert, default
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Pre-LN: post-LN, as BERT, sat at chance (loss ln 2) for 400 steps in one run of this
     # config and left it by step 150 in another.
-    small_bert.apply(config, norm_placement="pre")
+    _small_bert.apply(config, norm_placement="pre")
     config.num_train_steps = 1000
     config.warmup_steps = 100
     config.eval_every_steps = 500

@@ -17,7 +17,7 @@ Starts from configs/default.py and overrides what differs.
 
 import ml_collections
 
-from configs import default, small_bert
+from configs import _small_bert, default
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_source_length = 32  # CLS, up to 12 digits, SEP, their reversal, SEP; packed
     config.overlong = "truncate"  # a long line of text is cut, keeping its final SEP
 
-    small_bert.apply(config, norm_placement="post")
+    _small_bert.apply(config, norm_placement="post")
     config.num_train_steps = 600
     config.warmup_steps = 60
     config.eval_every_steps = 150
