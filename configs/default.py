@@ -121,7 +121,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.mlm_probability = 0.15  # of a row's real tokens chosen: 80% MASK, 10% random, 10% kept
     config.mlm_max_predictions = placeholder(int)  # per row; unset: ceil(prob * max_source_length)
     config.class_labels = placeholder(str)  # classification: label names in id order, "neg,pos"
-    config.init_from = placeholder(str)  # workdir of an encoder-only run: start from its encoder
+    # Start from the workdir of an encoder-only run, or from a Hugging Face BERT, RoBERTa or
+    # DistilBERT directory (config.json + model.safetensors), which then also sets the
+    # architecture fields and the tokenizer (flaxformer_lite/pretrained/finetune.py).
+    config.init_from = placeholder(str)
+    config.num_token_types = 2  # rows of the token-type (segment) table: BERT's 2; 0: none
     config.teacher = placeholder(str)  # workdir of a trained classifier: distil it into this one
     config.distill_temperature = 2.0  # T: both distributions softened as softmax(logits / T)
     config.distill_alpha = 0.5  # loss = alpha T^2 KL(teacher_T || student_T) + (1 - alpha) CE
