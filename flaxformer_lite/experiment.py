@@ -14,12 +14,13 @@ import numbers
 
 import ml_collections
 
-from flaxformer_lite import families
+from flaxformer_lite import data, families
 from flaxformer_lite.config import ConfigError, required_field
 from flaxformer_lite.data import DataError, DataOptions
+from flaxformer_lite.pretrained import finetune
 from flaxformer_lite.special_tokens import NUM_SPECIAL_TOKENS
 
-__all__ = ["ConfigError", "check_config"]
+__all__ = ["ConfigError", "check_config", "create_datasets", "resolve_config"]
 
 SCHEDULES = ("rsqrt", "cosine")
 
@@ -35,6 +36,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     families.make_family(config, vocab_size=NUM_SPECIAL_TOKENS + 1)
     _check_optimisation(config)
     _check_evaluation(config)
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with the fields its sources decide: a Hugging Face checkpoint in
+    config.init_from sets the architecture (pretrained/finetune.py); otherwise unchanged."""
+    if finetune.starts_from_checkpoint(config):
+        return finetune.with_checkpoint_architecture(config)
+    return config
+
+
+def create_datasets(
+    config: ml_collections.ConfigDict, workdir: str, num_local_devices: int
+) -> data.Datasets:
+    """The data of `config`, tokenized by the checkpoint's tokenizer when it starts from one."""
+    if finetune.starts_from_checkpoint(config):
+        return finetune.create_datasets(config, workdir, num_local_devices)
+    return data.create_datasets(config, workdir, num_local_devices)
 
 
 def _check_optimisation(config: ml_collections.ConfigDict) -> None:

@@ -9,9 +9,11 @@
                         reports accuracy and macro-F1. With `config.teacher` it is distilled
                         from a trained classifier (training/distill.py).
 
-Both can start from another encoder-only run (`config.init_from`): every part of the model
-that run has (embeddings, encoder layers, heads of the same shape) is loaded, the rest (a
-new classifier head, a pooler that masked-LM never trained) keeps its fresh initialisation.
+Both can start from another encoder-only run or from a Hugging Face BERT-family checkpoint
+(`config.init_from`): every part of the model the source has (embeddings, encoder layers,
+heads of the same shape) is loaded, the rest (a new classifier head, a pooler that
+masked-LM never trained) keeps its fresh initialisation. A checkpoint also decides the
+architecture and the tokenizer (pretrained/finetune.py).
 Neither generates text: evaluation is the teacher-forced metrics alone.
 """
 
@@ -31,6 +33,7 @@ from flaxformer_lite.data.formats import class_labels
 from flaxformer_lite.data.options import DataError, DataOptions
 from flaxformer_lite.families.base import Batch, ModelFamily, transformer_config_from
 from flaxformer_lite.models.encoder_only import EncoderOnlyTransformer
+from flaxformer_lite.pretrained import finetune
 from flaxformer_lite.special_tokens import PAD_ID
 from flaxformer_lite.training import distill
 from flaxformer_lite.training.losses import smoothed_cross_entropy, token_metrics
@@ -62,23 +65,28 @@ class EncoderOnly(ModelFamily):
     max_length: int
     max_predictions: int
     init_from: str | None = None
+    num_token_types: int = 2
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> EncoderOnly:
+        init_from = checked_init_from(config)
         return cls(
-            model_config=transformer_config_from(config, vocab_size),
+            model_config=encoder_config(config, vocab_size),
             max_length=config.max_source_length,
             max_predictions=masking.max_predictions(
                 required_field(config, "mlm_probability"),
                 config.max_source_length,
                 required_field(config, "mlm_max_predictions"),
             ),
-            init_from=checked_init_from(config),
+            init_from=init_from,
+            num_token_types=required_field(config, "num_token_types"),
         )
 
     @property
     def module(self) -> EncoderOnlyTransformer:
-        return EncoderOnlyTransformer(self.model_config, has_mlm_head=True)
+        return EncoderOnlyTransformer(
+            self.model_config, num_token_types=self.num_token_types, has_mlm_head=True
+        )
 
     def example_batch(self) -> Batch:
         return {
@@ -123,14 +131,17 @@ class EncoderClassifier(ModelFamily):
     max_length: int
     labels: tuple[str, ...]
     init_from: str | None = None
+    num_token_types: int = 2
 
     @classmethod
     def from_config(cls, config, vocab_size: int) -> EncoderClassifier:
+        init_from = checked_init_from(config)
         fields = dict(
-            model_config=transformer_config_from(config, vocab_size),
+            model_config=encoder_config(config, vocab_size),
             max_length=config.max_source_length,
             labels=checked_class_labels(config),
-            init_from=checked_init_from(config),
+            init_from=init_from,
+            num_token_types=required_field(config, "num_token_types"),
         )
         if required_field(config, "teacher") is None:
             return cls(**fields)
@@ -139,7 +150,11 @@ class EncoderClassifier(ModelFamily):
     @property
     def module(self) -> EncoderOnlyTransformer:
         return EncoderOnlyTransformer(
-            self.model_config, has_mlm_head=False, has_pooler=True, num_classes=len(self.labels)
+            self.model_config,
+            num_token_types=self.num_token_types,
+            has_mlm_head=False,
+            has_pooler=True,
+            num_classes=len(self.labels),
         )
 
     def example_batch(self) -> Batch:
@@ -196,9 +211,10 @@ class DistilledClassifier(EncoderClassifier):
                 f"(model {teacher_config.model!r}): distil from a trained classifier."
             )
         teacher = EncoderClassifier(  # its own init_from does not matter: it is trained
-            model_config=transformer_config_from(teacher_config, vocab_size),
+            model_config=encoder_config(teacher_config, vocab_size),
             max_length=teacher_config.max_source_length,
             labels=checked_class_labels(teacher_config),
+            num_token_types=teacher_config.get("num_token_types", 2),  # older runs: BERT's 2
         )
         if teacher.labels != fields["labels"]:
             raise ConfigError(
@@ -315,24 +331,44 @@ def checked_class_labels(config) -> tuple[str, ...]:
         raise ConfigError(str(error)) from None
 
 
+def encoder_config(config, vocab_size: int) -> TransformerConfig:
+    """The encoder's TransformerConfig; a checkpoint to start from sets the positions."""
+    model_config = transformer_config_from(config, vocab_size)
+    init_from = config.get("init_from")
+    if finetune.is_model_directory(init_from):  # its position table, whatever our lengths
+        return dataclasses.replace(model_config, max_len=finetune.max_positions(init_from))
+    return model_config
+
+
 def checked_init_from(config) -> str | None:
-    """config.init_from, checked to be an encoder-only run now, before any work."""
-    workdir = required_field(config, "init_from")
-    if workdir is not None:
-        distill.read_run_config(workdir, "init_from")
-    return workdir
+    """config.init_from, checked now, before any work: an encoder-only run's workdir, or a
+    Hugging Face checkpoint whose architecture the config has."""
+    init_from = required_field(config, "init_from")
+    if finetune.is_model_directory(init_from):
+        finetune.check_config(config)
+    elif init_from is not None:
+        distill.read_run_config(init_from, "init_from")
+    return init_from
 
 
-def with_init_from(params: dict, workdir: str | None) -> dict:
-    """`params` with every part the run in `workdir` has loaded from it; says which."""
-    if workdir is None:
+def with_init_from(params: dict, init_from: str | None) -> dict:
+    """`params` with every part the run or checkpoint `init_from` has loaded from it; says
+    which, which stay fresh, and which parts of the source this model has no use for."""
+    if init_from is None:
         return params
-    pretrained = distill.load_encoder_params(workdir, "init_from")
+    if finetune.is_model_directory(init_from):
+        source = f"a {finetune.load(init_from).model_type} checkpoint"
+        pretrained = finetune.params(init_from)
+    else:
+        source = "an encoder-only run"
+        pretrained = distill.load_encoder_params(init_from, "init_from")
     merged, loaded, fresh = distill.merge_pretrained(
-        params, pretrained, f"config.init_from={workdir!r}"
+        params, pretrained, f"config.init_from={init_from!r}"
     )
+    unused = sorted(pretrained.keys() - params.keys())
     print(
-        f"init_from {workdir}: loaded {', '.join(loaded) or 'nothing'}; "
+        f"init_from {init_from} ({source}): loaded {', '.join(loaded) or 'nothing'}; "
         f"freshly initialised {', '.join(fresh) or 'nothing'}"
+        + (f"; not used: {', '.join(unused)}" if unused else "")
     )
     return merged

@@ -4,6 +4,9 @@
 is. A directory with only BERT's `vocab.txt` gets the WordPiece tokenizer BERT defines:
 BERT normalisation (lower-casing unless tokenizer_config.json says do_lower_case=false),
 BERT's pre-tokenizer, "[CLS] text [SEP]".
+
+`PipelineTokenizer` is the same tokenizer in the id space of our data pipeline, for
+fine-tuning a checkpoint with train.py (`config.init_from`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ from tokenizers.models import WordPiece
 
 from flaxformer_lite.pretrained.vocabulary import CheckpointVocabulary
 from flaxformer_lite.pretrained.weights import PretrainedError
-from flaxformer_lite.special_tokens import EOS_ID, PAD_ID
+from flaxformer_lite.special_tokens import (
+    BOS_ID,
+    CLS_ID,
+    EOS_ID,
+    MASK_ID,
+    NUM_SPECIAL_TOKENS,
+    PAD_ID,
+    SEP_ID,
+    UNK_ID,
+)
 
 
 class PretrainedTokenizer:
@@ -73,6 +85,80 @@ class PretrainedTokenizer:
         for index, row in enumerate(rows):
             batch[index, : len(row)] = row
         return batch
+
+
+class PipelineTokenizer:
+    """A checkpoint's tokenizer speaking the ids of our data pipeline (data/formats.py).
+
+    The pipeline writes our own special ids around the text: `CLS text SEP` for a
+    classifier, MASK where masked LM hides a token. So every checkpoint id h moves up by
+    NUM_SPECIAL_TOKENS, and each special id of ours stands for the checkpoint's token in
+    that role (a row of zeros where it has none):
+
+        ours  0 PAD  1 EOS  2 BOS  3 UNK  4 SEP  5 CLS  6 MASK    h + 7 = checkpoint h
+
+    `rows` builds an embedding table of these ids from the checkpoint's, so the pipeline's
+    `CLS text SEP` is exactly the `[CLS] text [SEP]` (RoBERTa: `<s> text </s>`) the
+    checkpoint's own tokenizer writes and the model was trained on.
+    """
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, vocabulary: CheckpointVocabulary):
+        self.tokenizer = tokenizer
+        self.size = vocabulary.size
+        self.roles = {  # our special id -> the checkpoint id in that role, or None
+            PAD_ID: vocabulary.pad_id,
+            EOS_ID: vocabulary.eos_id,
+            BOS_ID: vocabulary.start_id,
+            UNK_ID: _first_token(tokenizer, "[UNK]", "<unk>"),
+            SEP_ID: None,
+            CLS_ID: None,
+            MASK_ID: _first_token(tokenizer, "[MASK]", "<mask>"),
+        }
+        # What the checkpoint's tokenizer wraps a text in: its classification token and
+        # its separator, as its post-processor (not a guess from token names) says.
+        wrapped = tokenizer.encode("", add_special_tokens=True).ids
+        if len(wrapped) != 2:
+            raise PretrainedError(
+                f"the checkpoint's tokenizer wraps a text in {len(wrapped)} special tokens, "
+                "not a classification token and a separator ([CLS] text [SEP]): only "
+                "BERT-style tokenizers can feed the classifier."
+            )
+        self.roles[CLS_ID], self.roles[SEP_ID] = wrapped
+
+    @property
+    def vocab_size(self) -> int:
+        return self.size + NUM_SPECIAL_TOKENS
+
+    def encode(self, text: str) -> list[int]:
+        """Our ids of the text alone; the pipeline adds CLS, SEP (or EOS) itself."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return [token + NUM_SPECIAL_TOKENS for token in ids]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The text of the ids up to the first EOS, without special tokens."""
+        checkpoint_ids = []
+        for token in map(int, ids):
+            if token == EOS_ID:
+                break
+            if NUM_SPECIAL_TOKENS <= token < self.vocab_size:
+                checkpoint_ids.append(token - NUM_SPECIAL_TOKENS)
+        return self.tokenizer.decode(checkpoint_ids, skip_special_tokens=True)
+
+    def rows(self, table: np.ndarray) -> np.ndarray:
+        """A checkpoint table (size, ...) -> ours (size + 7, ...): the role rows, then it."""
+        if table.shape[0] != self.size:
+            raise ValueError(f"table has {table.shape[0]} rows, the vocabulary {self.size}")
+        special = [
+            table[self.roles[i]] if self.roles[i] is not None else np.zeros_like(table[0])
+            for i in range(NUM_SPECIAL_TOKENS)
+        ]
+        return np.concatenate([np.stack(special), table], axis=0)
+
+
+def _first_token(tokenizer: tokenizers.Tokenizer, *names: str) -> int | None:
+    """The id of the first of `names` the tokenizer knows, or None."""
+    ids = (tokenizer.token_to_id(name) for name in names)
+    return next((token for token in ids if token is not None), None)
 
 
 def load_tokenizer(model_dir: str, vocabulary: CheckpointVocabulary) -> PretrainedTokenizer:

@@ -62,10 +62,16 @@ def read_run_config(workdir: str, option: str) -> ml_collections.ConfigDict:
     if not os.path.exists(path):
         raise ConfigError(
             f"config.{option}={workdir!r} holds no config.json: point it at the --workdir of "
-            "an encoder_only or encoder_classifier run of train.py."
+            "an encoder_only or encoder_classifier run of train.py"
+            + (", or a Hugging Face model directory." if option == "init_from" else ".")
         )
     with open(path) as file:
         config = ml_collections.ConfigDict(json.load(file))
+    if "model_type" in config:  # init_from reads these before calling here
+        raise ConfigError(
+            f"config.{option}={workdir!r} is a Hugging Face checkpoint, not a trained run: "
+            "fine-tune it first (--config.init_from), then use that run's workdir."
+        )
     if config.get("model") not in ENCODER_FAMILIES:
         raise ConfigError(
             f"config.{option}={workdir!r} is a config.model={config.get('model')!r} run: it "

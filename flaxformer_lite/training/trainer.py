@@ -17,8 +17,8 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from flaxformer_lite import evaluation, flops
-from flaxformer_lite.data import DataError, create_datasets
-from flaxformer_lite.experiment import ConfigError, check_config
+from flaxformer_lite.data import DataError
+from flaxformer_lite.experiment import ConfigError, check_config, create_datasets, resolve_config
 from flaxformer_lite.families import ModelFamily, make_family
 from flaxformer_lite.training import mesh, parallel
 from flaxformer_lite.training.checkpoint import Checkpointer
@@ -129,6 +129,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     NonFiniteError when a step goes NaN (unless config.skip_nonfinite), and
     Interrupted after saving a checkpoint when SIGTERM or SIGINT arrives.
     """
+    config = resolve_config(config)  # e.g. a pretrained init_from sets the architecture
     check_config(config)
     parallel.initialize_distributed(config)  # first: nothing may touch the devices before
     prng_impl = _checked_prng_impl(config.prng_impl)
