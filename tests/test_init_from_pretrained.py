@@ -13,6 +13,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from configs import classify_default
 from flaxformer_lite.data.formats import data_format
@@ -68,11 +69,27 @@ def test_the_pipeline_writes_what_the_checkpoints_tokenizer_writes(name):
     pipeline_inputs(name, classifier_config(name))
 
 
-# DistilBERT (no token types, no pooler) is left out for time: its layout differs from
-# BERT's in the loader alone, which tests/test_pretrained.py checks.
-@pytest.mark.parametrize("name", ["bert", "roberta"])
-def test_the_encoder_is_the_checkpoint_and_the_classifier_is_fresh(name, capsys):
-    config = classifier_config(name)
+@pytest.mark.parametrize("name", ["bert", "roberta", "distilbert"])
+def test_our_special_ids_read_the_checkpoints_rows(name):
+    """The token embedding over pipeline ids, against the table in model.safetensors."""
+    (table,) = [
+        value
+        for key, value in load_file(FIXTURES / name / "model.safetensors").items()
+        if key.endswith("embeddings.word_embeddings.weight")
+    ]
+    meta, _ = reference(name)
+    cls_id, sep_id = meta["ids"][0][0], meta["ids"][0][sum(meta["mask"][0]) - 1]
+    ours = np.asarray(
+        finetune.params(str(FIXTURES / name))["token_embedding"]["embedding"]["embedding"]
+    )
+    np.testing.assert_array_equal(ours[NUM_SPECIAL_TOKENS:], table)
+    np.testing.assert_array_equal(ours[CLS_ID], table[cls_id])
+    np.testing.assert_array_equal(ours[SEP_ID], table[sep_id])
+
+
+def test_the_encoder_is_the_checkpoint_and_the_classifier_is_fresh(capsys):
+    """BERT's encoder and pooler through the classifier family, against transformers."""
+    config = classifier_config("bert")
     resolved = resolve_config(config)
     assert (config.d_model, config.norm_placement) == (64, "pre")  # the user's, untouched
     family = make_family(resolved, finetune.pipeline_tokenizer(config.init_from).vocab_size)
@@ -80,19 +97,17 @@ def test_the_encoder_is_the_checkpoint_and_the_classifier_is_fresh(name, capsys)
     log = capsys.readouterr().out
 
     # The encoder computes what transformers computed (token types as the reference set them).
-    meta, expected = reference(name)
-    types = meta.get("token_types")
+    meta, expected = reference("bert")
     outputs = jax.jit(family.module.apply)(
         {"params": params},
-        pipeline_inputs(name, resolved),
-        token_types=None if types is None else np.array(types),
+        pipeline_inputs("bert", resolved),
+        token_types=np.array(meta["token_types"]),
     )
     real = np.array(meta["mask"], bool)
     np.testing.assert_allclose(
         np.asarray(outputs["hidden"])[real], expected["hidden_states"][real], atol=TOLERANCE
     )
-    if "pooled" in expected:  # BERT's pooler is loaded; RoBERTa's checkpoint has none
-        np.testing.assert_allclose(outputs["pooled"], expected["pooled"], atol=TOLERANCE)
+    np.testing.assert_allclose(outputs["pooled"], expected["pooled"], atol=TOLERANCE)
 
     # The classifier is the fresh initialisation, the encoder is not.
     fresh = dataclasses.replace(family, init_from=None).init_params(jax.random.key(0))
@@ -104,9 +119,10 @@ def test_the_encoder_is_the_checkpoint_and_the_classifier_is_fresh(name, capsys)
         params["stack"]["layer_0"]["mlp"]["wi"]["kernel"],
         fresh["stack"]["layer_0"]["mlp"]["wi"]["kernel"],
     )
-    fresh_parts = "classifier" if "pooled" in expected else "classifier, pooler"
-    assert f"init_from {config.init_from} (a {name} checkpoint): loaded " in log
-    assert f"freshly initialised {fresh_parts}; not used: mlm_head" in log
+    assert (
+        f"init_from {config.init_from} (a bert checkpoint): loaded embeddings, pooler, stack, "
+        "token_embedding; freshly initialised classifier; not used: mlm_head"
+    ) in log
 
 
 def write_tsv(path: pathlib.Path, examples: int, seed: int) -> str:
@@ -129,7 +145,6 @@ def test_fine_tuning_runs_end_to_end_and_its_loss_falls(tmp_path, capsys):
         "bert",
         train_file=write_tsv(tmp_path / "train.tsv", 256, seed=0),
         eval_file=write_tsv(tmp_path / "dev.tsv", 64, seed=1),
-        max_source_length=12,
         per_device_batch_size=8,
         per_device_eval_batch_size=16,
         num_train_steps=40,

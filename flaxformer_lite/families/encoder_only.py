@@ -345,7 +345,7 @@ def checked_init_from(config) -> str | None:
     Hugging Face checkpoint whose architecture the config has."""
     init_from = required_field(config, "init_from")
     if finetune.is_model_directory(init_from):
-        finetune.check_config(config)
+        finetune.check_against_checkpoint(config)
     elif init_from is not None:
         distill.read_run_config(init_from, "init_from")
     return init_from

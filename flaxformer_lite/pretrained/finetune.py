@@ -139,7 +139,7 @@ def with_checkpoint_architecture(config: ml_collections.ConfigDict) -> ml_collec
     return resolved
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_against_checkpoint(config: ml_collections.ConfigDict) -> None:
     """A ConfigError unless `config` can train the checkpoint of its init_from as it is.
 
     `with_checkpoint_architecture` makes the architecture agree; the lengths are the
