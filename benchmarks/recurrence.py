@@ -30,15 +30,18 @@ gradients    The norm of d loss / d (input embedding at position t) against
 
 Budgets (quiet 2-core CPU; CPU seconds of each part are in the results JSON):
 parallelism 6 lengths x 2 models, TIMED_STEPS timed steps each; long_range
-REVERSE_STEPS steps of REVERSE_BATCH strings per run, 20 runs; gradients
+REVERSE_STEPS steps of REVERSE_BATCH strings per run, 20 runs, LONG_RANGE_WORKERS
+(one per core) at a time; gradients
 GRADIENT_STEPS steps of GRADIENT_BATCH rows per model, 3 models.
 """
 
 import argparse
+import concurrent.futures
 import contextlib
 import datetime
 import io
 import json
+import multiprocessing
 import os
 import pathlib
 import statistics
@@ -94,6 +97,7 @@ REVERSE_STEPS = 400  # the Transformer at length 64: token accuracy 0.455 after 
 REVERSE_BATCH = 32
 REVERSE_LEARNING_RATE = 0.003  # the cosine's peak, after a warm-up of a quarter of the steps
 EVAL_EXAMPLES = 128
+LONG_RANGE_WORKERS = os.cpu_count() or 1
 
 # -- gradients ------------------------------------------------------------------------------
 
@@ -239,33 +243,51 @@ def train_quietly(config, workdir: str) -> dict:
         raise
 
 
+def reverse_run(name: str, symbols: int, root: str) -> tuple[dict, float]:
+    """One long-range run, in a worker process: (its final metrics, its CPU seconds)."""
+    logging.set_verbosity(logging.ERROR)
+    config = reverse_config(
+        SEQ2SEQ_MODELS[name],
+        symbols,
+        steps=REVERSE_STEPS,
+        batch=REVERSE_BATCH,
+        data_dir=f"{root}/data_{name}_{symbols}",  # runs at once must not share a directory
+    )
+    start = time.process_time()
+    final = train_quietly(config, f"{root}/{name}_{symbols}")
+    return final, time.process_time() - start
+
+
 def long_range(lengths=REVERSE_LENGTHS, models=tuple(SEQ2SEQ_MODELS)) -> dict:
-    """Held-out exact match of the seq2seq `models` at `lengths`, same steps and batch."""
+    """Held-out exact match of the seq2seq `models` at `lengths`, same steps and batch.
+
+    The runs are independent and each mostly keeps one core busy, so they run
+    `LONG_RANGE_WORKERS` at a time in fresh processes, the longest first.
+    """
     results = {"lengths": list(lengths), "steps": REVERSE_STEPS, "batch": REVERSE_BATCH}
-    exact_match = {name: [] for name in models}
-    with tempfile.TemporaryDirectory(prefix="reverse_") as root:
-        for symbols in lengths:
-            for name in models:
-                model = SEQ2SEQ_MODELS[name]
-                config = reverse_config(
-                    model,
-                    symbols,
-                    steps=REVERSE_STEPS,
-                    batch=REVERSE_BATCH,
-                    data_dir=f"{root}/data",
-                )
-                start = time.process_time()
-                final = train_quietly(config, f"{root}/{name}_{symbols}")
-                exact_match[name].append(final["exact_match"])
-                results[f"reverse_exact_match_len{symbols}_{name}"] = final["exact_match"]
-                print(
-                    f"  {name} length {symbols}: exact_match={final['exact_match']:.3f} "
-                    f"token accuracy {final['eval_accuracy']:.3f} "
-                    f"({time.process_time() - start:.0f} CPU-s)",
-                    flush=True,
-                )
+    runs = [(name, symbols) for symbols in sorted(lengths, reverse=True) for name in models]
+    finals = {}
+    spawn = multiprocessing.get_context("spawn")  # a forked child would share jax's threads
+    with (
+        tempfile.TemporaryDirectory(prefix="reverse_") as root,
+        concurrent.futures.ProcessPoolExecutor(LONG_RANGE_WORKERS, mp_context=spawn) as pool,
+    ):
+        pending = {pool.submit(reverse_run, *run, root): run for run in runs}
+        for future in concurrent.futures.as_completed(pending):
+            name, symbols = pending[future]
+            final, cpu_seconds = future.result()
+            finals[name, symbols] = final
+            print(
+                f"  {name} length {symbols}: exact_match={final['exact_match']:.3f} "
+                f"token accuracy {final['eval_accuracy']:.3f} ({cpu_seconds:.0f} CPU-s)",
+                flush=True,
+            )
     for name in models:
-        results[name] = {"fields": SEQ2SEQ_MODELS[name], "exact_match": exact_match[name]}
+        for symbols in lengths:
+            key = f"reverse_exact_match_len{symbols}_{name}"
+            results[key] = finals[name, symbols]["exact_match"]
+        exact_match = [finals[name, symbols]["exact_match"] for symbols in lengths]
+        results[name] = {"fields": SEQ2SEQ_MODELS[name], "exact_match": exact_match}
     return results
 
 
@@ -372,6 +394,12 @@ HEADLINE_PREFIXES = (
 )
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished worker processes."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def run(parts=tuple(EXPERIMENTS), **long_range_options) -> dict:
     """The experiments in `parts`: {headline: value, experiment: its results}.
 
@@ -382,10 +410,11 @@ def run(parts=tuple(EXPERIMENTS), **long_range_options) -> dict:
     results = {}
     for name in parts:
         print(f"-- {name}", flush=True)
-        start = time.process_time()
+        cpu_start, wall_start = cpu_seconds(), time.perf_counter()
         options = long_range_options if name == "long_range" else {}
         results[name] = EXPERIMENTS[name](**options)
-        results[name]["cpu_s"] = time.process_time() - start
+        results[name]["cpu_s"] = cpu_seconds() - cpu_start
+        results[name]["wall_s"] = time.perf_counter() - wall_start
     headlines = {}
     for values in results.values():
         for key in [key for key in values if key.startswith(HEADLINE_PREFIXES)]:
