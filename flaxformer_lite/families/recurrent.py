@@ -82,6 +82,12 @@ def _callback(model, params) -> TokensToLogits:
     return tokens_to_logits
 
 
+def make_tokens_to_logits(model, params) -> TokensToLogits:
+    """The decoding callback after a prefill, for either recurrent model, as
+    `decoding.make_lm_tokens_to_logits` is for the Transformer LM."""
+    return _callback(model, params)
+
+
 def _bos(batch: int) -> jax.Array:
     return jnp.full((batch, 1), BOS_ID, jnp.int32)
 
