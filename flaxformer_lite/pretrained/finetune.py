@@ -6,7 +6,7 @@ checkpoint: bert, roberta or distilbert. For a checkpoint:
 
 - The checkpoint decides the architecture, the config decides the training.
   `with_checkpoint_architecture` sets every config field that shapes the parameters
-  (`ARCHITECTURE_FIELDS`: sizes, norm placement, epsilon, activation, ...) from
+  (`architecture`: sizes, norm placement, epsilon, activation, ...) from
   config.json and prints what it changed; dropout, optimiser, lengths and labels stay
   the config's. The model's vocabulary and position table are the checkpoint's too.
 - The data are tokenized by the checkpoint's tokenizer (`create_datasets`), in the ids
@@ -38,10 +38,10 @@ from flaxformer_lite.pretrained.tokenizer import PipelineTokenizer
 from flaxformer_lite.pretrained.vocabulary import OFFSET
 
 ENCODER_TYPES = ("bert", "roberta", "distilbert")
-# Config fields that shape the parameters, all set from the checkpoint. `num_token_types`
-# is the encoder's, the others are TransformerConfig's. Dropout and the compute options
-# (dtype, attention implementation, remat) do not change the parameters: the config's.
-ARCHITECTURE_FIELDS = (
+# TransformerConfig fields that shape the parameters, all set from the checkpoint. Dropout
+# and the compute options (dtype, attention implementation, remat) leave the parameters as
+# they are: those stay the config's.
+TRANSFORMER_FIELDS = (
     "d_model",
     "num_heads",
     "num_kv_heads",
@@ -58,7 +58,6 @@ ARCHITECTURE_FIELDS = (
     "scale_attention_logits",
     "local_window",
     "scan_layers",
-    "num_token_types",
 )
 
 
@@ -109,9 +108,10 @@ def pipeline_tokenizer(path: str) -> PipelineTokenizer:
 
 
 def architecture(path: str) -> dict:
-    """The value of each of `ARCHITECTURE_FIELDS` the checkpoint at `path` has."""
+    """The config fields that shape the parameters, as the checkpoint at `path` has them:
+    `TRANSFORMER_FIELDS` and the encoder's num_token_types."""
     loaded = load(path)
-    values = {name: getattr(loaded.config, name) for name in ARCHITECTURE_FIELDS[:-1]}
+    values = {name: getattr(loaded.config, name) for name in TRANSFORMER_FIELDS}
     return {**values, "num_token_types": loaded.model.num_token_types}
 
 
