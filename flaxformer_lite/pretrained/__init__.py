@@ -20,6 +20,9 @@ takes and returns the checkpoint's own, as `transformers` does, to compare the t
 Everything is checked before any tensor is read: a missing directory or file, an
 unsupported model_type or option, a missing, unknown or misshapen tensor is one
 `PretrainedError` naming the file or tensor and the fix.
+
+train.py fine-tunes the BERT family from a model directory (`--config.init_from=DIR`):
+finetune.py.
 """
 
 from __future__ import annotations
