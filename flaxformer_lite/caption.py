@@ -27,7 +27,7 @@ class TrainedCaptioner:
     """A trained image captioner: the config, tokenizer and parameters of a workdir."""
 
     def __init__(self, workdir: str, step: int | None = None):
-        run = load_trained_run(workdir, step, family="image_captioning")
+        run = load_trained_run(workdir, step, families=("image_captioning",))
         self.config, self.tokenizer, self.params = run.config, run.tokenizer, run.params
         self.model = run.family.module
 

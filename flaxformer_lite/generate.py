@@ -3,24 +3,27 @@ r"""Generate text with a trained language model: `python -m flaxformer_lite.gene
     python -m flaxformer_lite.generate --workdir=DIR --prompt="ROMEO:" \
         --max_new_tokens=300 --temperature=0.8 --top_k=50 [--top_p=0.9 --seed=1 --num_samples=3]
 
-The model, its tokenizer and its parameters come from a decoder-only training
-run's workdir, or (--model_dir=DIR) from a Hugging Face causal LM directory (GPT-2,
-Llama; `flaxformer_lite.pretrained`), whose prompt is tokenized as the checkpoint's own
-tokenizer does it (Llama's <s> first, nothing for GPT-2) and fed without our BOS:
+The model, its tokenizer and its parameters come from a language-model training
+run's workdir (decoder_only, or the recurrent rnn_lm), or (--model_dir=DIR) from a
+Hugging Face causal LM directory (GPT-2, Llama; `flaxformer_lite.pretrained`), whose
+prompt is tokenized as the checkpoint's own tokenizer does it (Llama's <s> first,
+nothing for GPT-2) and fed without our BOS:
 
     python -m flaxformer_lite.generate --model_dir=gpt2 --prompt="Hello" --temperature=0
 
 The text is printed token by token as the model writes it: the whole generation
 is one compiled call (`decoding.prefill_lm`, then `decoding.temperature_sample`
-over the KV cache), and the decoding loop hands every token it reads back to the
-host as it goes.
+over the KV cache; for rnn_lm `families.recurrent.prefill_lm` and the carry as the
+cache), and the decoding loop hands every token it reads back to the host as it goes.
 
 The model's context is `max_len` positions, BOS included. A prompt must leave
 room for BOS and one new token (at most max_len - 1 tokens), or it is refused
 with a one-line error. Generation past the context slides the window: the
 next call re-reads the last 3/4 of the context and writes the remaining 1/4,
 so the model always sees at least 3/4 of a context of text. Greedy output
-(--temperature=0) within the context is exactly `decoding.generate`'s.
+(--temperature=0) within the context is exactly `decoding.generate`'s. An rnn_lm
+has no context limit: its carry holds everything read so far, so any prompt is
+read whole and the generation is one call, exactly `recurrent.continue_prompts`'s.
 """
 
 from __future__ import annotations
@@ -41,11 +44,16 @@ from flaxformer_lite.data import DataError, DataOptions
 from flaxformer_lite.data.formats import data_format
 from flaxformer_lite.data.tokenizers import REPLACEMENT_CHARACTER
 from flaxformer_lite.decoding import make_lm_tokens_to_logits, prefill_lm, temperature_sample
+from flaxformer_lite.families import recurrent
+from flaxformer_lite.models.recurrent import RecurrentLM
 from flaxformer_lite.special_tokens import BOS_ID, EOS_ID
 from flaxformer_lite.trained_run import load_trained_run
 from flaxformer_lite.training.checkpoint import CheckpointError
 
 TokenListener = Callable[[int], None]
+
+# The training runs generate reads, by config.model.
+LANGUAGE_MODEL_FAMILIES = ("decoder_only", "rnn_lm")
 
 
 class GenerationError(ValueError):
@@ -84,23 +92,32 @@ def _continue_window(
     `report(token)` runs on the host for every new token the loop feeds back
     to the model, in order: all but the last one written. None reports nothing.
     """
-    step = make_lm_tokens_to_logits(model, params)
+    prefill, step = _lm_decoding(model, params, prepend_bos=prepend_bos)
 
     def step_and_report(tokens, cache):  # tokens (1, 1): the token just chosen
         if report is not None:
             jax.debug.callback(report, tokens[0, 0], ordered=True)
         return step(tokens, cache)
 
-    start = prefill_lm(
-        model, params, window, max_decode_len=max_decode_len, prepend_bos=prepend_bos
-    )
+    start = prefill(window, max_decode_len=max_decode_len)
     return temperature_sample(
         step_and_report, start, rng, temperature=temperature, top_k=top_k, top_p=top_p
     )
 
 
+def _lm_decoding(model, params, *, prepend_bos: bool):
+    """The model's (prefill(window, *, max_decode_len) -> DecodeStart, tokens_to_logits):
+    the recurrent LM's carry, or the Transformer's KV cache, as the cache."""
+    if isinstance(model, RecurrentLM):  # trained from BOS; never a pretrained checkpoint
+        prefill = functools.partial(recurrent.prefill_lm, model, params)
+        return prefill, recurrent.make_tokens_to_logits(model, params)
+    prefill = functools.partial(prefill_lm, model, params, prepend_bos=prepend_bos)
+    return prefill, make_lm_tokens_to_logits(model, params)
+
+
 class LanguageModel:
-    """A trained decoder-only run, or a pretrained causal LM, ready to continue prompts.
+    """A trained decoder-only or rnn_lm run, or a pretrained causal LM, ready to continue
+    prompts.
 
     Give a training run's `workdir` (and `step`), or a Hugging Face `model_dir`.
     """
@@ -121,13 +138,18 @@ class LanguageModel:
             self.prompt_suffix = []
             self.from_checkpoint = True  # the checkpoint's own special tokens, no BOS of ours
         else:
-            run = load_trained_run(workdir, step, family="decoder_only")
+            run = load_trained_run(workdir, step, families=LANGUAGE_MODEL_FAMILIES)
             self.tokenizer, self.params = run.tokenizer, run.params
             self.model = run.family.module
             # SEP after the prompt when the model learned `source SEP target` rows.
             self.prompt_suffix = data_format(DataOptions.from_config(run.config)).prompt_suffix
             self.from_checkpoint = False
-        self.context = self.model.config.max_len  # positions, BOS included
+        # Positions, BOS included; None: no window. A Transformer has no positions past
+        # max_len, so long generations slide a window. An RNN's carry holds all it has read
+        # in a fixed size: a window would throw that away for nothing, so it reads the whole
+        # prompt and writes on (past its training rows' length it extrapolates, as any
+        # char-RNN does).
+        self.context = None if isinstance(self.model, RecurrentLM) else self.model.config.max_len
         # The listener of the current window call, how many ids it may take, how many it got.
         self._listener: TokenListener | None = None
         self._limit = self._reported = 0
@@ -145,7 +167,7 @@ class LanguageModel:
             ids = self.tokenizer.encode_with_special_tokens(prompt) or [BOS_ID]
         else:
             ids = [*self.tokenizer.encode(prompt), *self.prompt_suffix]
-        if len(ids) > self.context - 1:
+        if self.context is not None and len(ids) > self.context - 1:
             raise GenerationError(
                 f"The prompt is {len(ids)} tokens and the model's context holds "
                 f"{self.context} positions (BOS, the prompt and at least one new token): "
@@ -175,15 +197,17 @@ class LanguageModel:
             max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
         )
         rng = jax.random.key(0) if rng is None else rng
-        slide = max(1, self.context // 4)
+        # Without a window, one call reads the prompt and writes every new token.
+        context = self.context or len(prompt_ids) + max_new_tokens
+        slide = max(1, context // 4)
         tokens, new_ids = list(prompt_ids), []
         window_rng, window_index = rng, 0
         while len(new_ids) < max_new_tokens and EOS_ID not in new_ids[-1:]:
-            window = tokens[-(self.context - slide) :] if window_index else tokens
+            window = tokens[-(context - slide) :] if window_index else tokens
             wanted = max_new_tokens - len(new_ids)
             ids = self._continue(
                 window,
-                max_decode_len=min(self.context, len(window) + wanted),
+                max_decode_len=min(context, len(window) + wanted),
                 rng=window_rng,
                 limit=wanted,
                 on_token=on_token,

@@ -3,7 +3,7 @@
 train.py leaves three things in a workdir: `config.json` (the experiment config),
 the tokenizer (nothing for bytes, a SentencePiece model file otherwise) and the
 orbax checkpoints. `load_trained_run` turns them into a model family, a
-tokenizer and parameters; translate.py and generate.py start from it.
+tokenizer and parameters; translate.py, generate.py and caption.py start from it.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ class TrainedRun:
     params: dict
 
 
-def load_trained_run(workdir: str, step: int | None = None, *, family: str) -> TrainedRun:
+def load_trained_run(
+    workdir: str, step: int | None = None, *, families: tuple[str, ...]
+) -> TrainedRun:
     """The run in `workdir` at checkpoint `step` (default: the latest).
 
-    `family` names the model family the caller can use; a run of another
-    family is a ConfigError that says which it is.
+    `families` names the model families the caller can use; a run of another
+    family is a ConfigError that says which it is and which the tool reads.
     """
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
@@ -41,11 +43,10 @@ def load_trained_run(workdir: str, step: int | None = None, *, family: str) -> T
         )
     with open(config_path) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    if config.get("model") != family:
+    if config.get("model") not in families:
         raise ConfigError(
             f"{workdir} holds a config.model={config.get('model')!r} run, and this tool "
-            f"needs {family!r}: translate reads encoder_decoder runs, generate "
-            "decoder_only runs."
+            f"reads {' or '.join(families)} runs: point --workdir at one of those."
         )
     tokenizer = load_tokenizer(config, workdir)
     return TrainedRun(

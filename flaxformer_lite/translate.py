@@ -2,8 +2,9 @@
 
 Reads one sentence per line from --input (default stdin) and writes one
 translation per line to --output (default stdout). The model, its tokenizer
-and its parameters all come from the training run's workdir, or (--model_dir=DIR)
-from a Hugging Face T5 directory (`flaxformer_lite.pretrained`):
+and its parameters all come from the training run's workdir (an encoder_decoder
+or rnn_seq2seq run), or (--model_dir=DIR) from a Hugging Face T5 directory
+(`flaxformer_lite.pretrained`):
 
     echo "translate English to German: Hello." | \
         python -m flaxformer_lite.translate --model_dir=t5-small --beam_size=1
@@ -19,12 +20,18 @@ from flaxformer_lite import pretrained
 from flaxformer_lite.config import ConfigError
 from flaxformer_lite.data import DataError
 from flaxformer_lite.decoding import decode_batch
+from flaxformer_lite.families import recurrent
 from flaxformer_lite.special_tokens import EOS_ID
 from flaxformer_lite.trained_run import load_trained_run
 from flaxformer_lite.training.checkpoint import CheckpointError
 
 # Longest output of a pretrained model unless --max_length says otherwise.
 PRETRAINED_MAX_DECODE_LENGTH = 128
+
+# The batch decoder of each family translate reads, by config.model. Each maps
+# (model, params, inputs (B, S), *, max_decode_len, beam_size, alpha) -> tokens (B, L):
+# greedy search at beam_size=1, else beam search's best hypothesis.
+BATCH_DECODERS = {"encoder_decoder": decode_batch, "rnn_seq2seq": recurrent.translate_batch}
 
 
 class Translator:
@@ -46,10 +53,12 @@ class Translator:
             self.tokenizer, self.params, self.model = loaded.tokenizer, loaded.params, loaded.model
             self.max_source_length = loaded.config.max_len
             self.max_decode_length = min(PRETRAINED_MAX_DECODE_LENGTH, loaded.config.max_len)
+            self.decode_batch = decode_batch
         else:
-            run = load_trained_run(workdir, step, family="encoder_decoder")
+            run = load_trained_run(workdir, step, families=tuple(BATCH_DECODERS))
             self.config, self.tokenizer, self.params = run.config, run.tokenizer, run.params
             self.model = run.family.module
+            self.decode_batch = BATCH_DECODERS[self.config.model]
             self.max_source_length = self.config.max_source_length
             self.max_decode_length = self.config.max_decode_length
         self.from_checkpoint = model_dir is not None
@@ -85,7 +94,7 @@ class Translator:
         for start in range(0, len(lines), batch_size):
             chunk = lines[start : start + batch_size]
             inputs = self.encode(chunk + [""] * (batch_size - len(chunk)))  # one compiled shape
-            tokens = decode_batch(
+            tokens = self.decode_batch(
                 self.model,
                 self.params,
                 inputs,
