@@ -193,6 +193,19 @@ def test_pmap_on_four_devices_equals_one_device(tiny_state):
         parallel.unreplicate(multi_state.params),
         single_state.params,
     )
+    # The state comes back laid out as `replicate` laid it out: the next step compiles nothing.
+    compiles = []
+
+    def count_compiles(event, duration_secs, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration_secs)
+
+    jax.monitoring.register_event_duration_secs_listener(count_compiles)
+    try:
+        p_step(multi_state, sharded, rng)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count_compiles)
+    assert compiles == [], "the pmapped step compiled again for its own output state"
 
     p_eval = parallel.pmapped_eval_step(FAMILY, label_smoothing=0.1)
     single_eval = jax.jit(functools.partial(eval_step, family=FAMILY, label_smoothing=0.1))(
@@ -232,7 +245,9 @@ def test_dropout_masks_differ_across_steps_devices_and_scanned_layers(tiny_state
     )
     scanned = Transformer(scanned_config)
     batch = random_batch(4)
-    params = scanned.init(jax.random.key(0), batch["inputs"], batch["targets"])["params"]
+    # Jitted: run op by op, the scanned model's init and forward take several times longer.
+    init = jax.jit(scanned.init)
+    params = init(jax.random.key(0), batch["inputs"], batch["targets"])["params"]
     state = TrainState.create(apply_fn=scanned.apply, params=params, tx=optax.sgd(0.0))
     identical_shards = jax.tree_util.tree_map(lambda x: np.stack([x[:2]] * 4), batch)
     p_step = parallel.pmapped_train_step(family_of(scanned_config), label_smoothing=0.0)
@@ -246,7 +261,7 @@ def test_dropout_masks_differ_across_steps_devices_and_scanned_layers(tiny_state
 
     # The layers of one scan, seen from a plain forward pass: each layer its own masks.
     masks.clear()
-    scanned.apply(
+    jax.jit(scanned.apply, static_argnames="deterministic")(
         {"params": params},
         batch["inputs"],
         batch["targets"],

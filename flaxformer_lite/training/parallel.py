@@ -11,7 +11,10 @@ import functools
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import jax_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from flaxformer_lite.training.step import eval_step, train_step
 
@@ -88,7 +91,20 @@ def dropout_prng_impl(name: str, local_device_count: int) -> str:
     return name
 
 
-replicate = jax_utils.replicate
+def replicate(tree):
+    """One copy of `tree` per local device, laid out as `jax.pmap` lays out what it returns.
+
+    flax's `jax_utils.replicate` puts the copies on a device mesh of its own; the state a
+    pmapped step returned then differed from its first input in layout alone, and the step
+    compiled a second time at step 1.
+    """
+    devices = jax.local_devices()
+    stacked = NamedSharding(Mesh(np.array(devices), (AXIS,)), PartitionSpec(AXIS))
+
+    def copies(leaf):  # (devices, *leaf.shape)
+        return jax.device_put(jnp.broadcast_to(leaf, (len(devices), *jnp.shape(leaf))), stacked)
+
+    return jax.tree.map(copies, tree)
 
 
 def unreplicate(tree):
