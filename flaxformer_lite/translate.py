@@ -120,7 +120,7 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # orbax warns about read-only restores
     FLAGS = flags.FLAGS
     try:
         translator = Translator(FLAGS.workdir, FLAGS.step, model_dir=FLAGS.model_dir)
