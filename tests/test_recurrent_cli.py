@@ -1,9 +1,10 @@
 """translate and generate drive the recurrent families' workdirs: rnn_seq2seq and rnn_lm.
 
 References: `families.recurrent.translate_batch` and `continue_prompts` called directly on
-the same parameters and encoded inputs. The rnn_lm run is trained by the trainer; the
-rnn_seq2seq workdir holds random parameters, scaled up so that greedy and beam search
-write varied tokens (20 steps of training would write one symbol over and over).
+the same parameters and encoded inputs. The rnn_lm run is trained by the trainer. The
+rnn_seq2seq workdir is written as train.py leaves one at step 0 (training it too would
+double this file's time), its random parameters scaled up so that greedy and beam search
+write different tokens for different sources.
 """
 
 import jax
@@ -46,7 +47,7 @@ def tiny_config(**changes):
 
 @pytest.fixture(scope="module")
 def seq2seq_workdir(tmp_path_factory):
-    """config.json and a step-0 checkpoint, as train.py leaves them."""
+    """config.json and a step-0 checkpoint of random parameters, as train.py leaves them."""
     workdir = tmp_path_factory.mktemp("rnn_seq2seq")
     config = tiny_config(model="rnn_seq2seq", cell="lstm", rnn_bidirectional=False)
     with open(workdir / "config.json", "w") as f:
