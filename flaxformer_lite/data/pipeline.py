@@ -182,6 +182,40 @@ def host_shard(elements: Sequence[T], layout: HostLayout) -> Sequence[T]:
     return elements[layout.process_index :: layout.process_count]
 
 
+# grain's shuffle finds where index i goes by enciphering i within 2**16 values (or the next
+# power of two above the dataset's length), enciphering again until the result falls inside
+# the dataset. Below 2**16 elements that costs about 2**16 / length cipher passes per index:
+# nothing for real data, but ~10 ms an index for a 2-line file, ten seconds per block of
+# records read. Such small datasets get a NumPy permutation per epoch instead.
+GRAIN_SHUFFLE_MIN_LENGTH = 2**16
+
+
+def shuffled_epochs(elements: Sequence[T], seed: int) -> grain.MapDataset:
+    """`elements` endlessly, each epoch in a new seeded order: the same order on resume."""
+    dataset = grain.MapDataset.source(elements)
+    if len(elements) >= GRAIN_SHUFFLE_MIN_LENGTH:
+        return dataset.shuffle(seed=seed).repeat()
+    return dataset.repeat().map_with_index(PermutedEpochs(elements, seed))
+
+
+class PermutedEpochs(grain.transforms.MapWithIndex):
+    """Index i of the endless repetition -> the element at i's place in its epoch's permutation."""
+
+    def __init__(self, elements: Sequence[T], seed: int):
+        self._elements = elements
+        self._seed = seed
+
+    def map_with_index(self, index: int, element: T) -> T:
+        del element  # elements[index % len]: the unshuffled one.
+        epoch, position = divmod(index, len(self._elements))
+        return self._elements[epoch_permutation(self._seed, len(self._elements), epoch)[position]]
+
+
+@functools.lru_cache(maxsize=4)  # The current epoch, and the next one that prefetching reads.
+def epoch_permutation(seed: int, length: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng((seed, epoch)).permutation(length)
+
+
 def train_dataset(
     split: TextSplit, tokenizer: Tokenizer, options: DataOptions, layout: HostLayout
 ) -> grain.IterDataset:
@@ -189,8 +223,7 @@ def train_dataset(
     rows = layout.num_devices * options.per_device_batch_size
     lengths = max_lengths(options)
     # Shuffle and repeat the record indices, then read and tokenise them a block at a time.
-    indices = grain.MapDataset.source(host_shard(range(len(split)), layout))
-    indices = indices.shuffle(seed=options.seed).repeat()
+    indices = shuffled_epochs(host_shard(range(len(split)), layout), options.seed)
     blocks = indices.batch(READ_BLOCK_SIZE).map(ReadAndEncode(split, tokenizer, options))
     examples = grain.experimental.FlatMapIterDataset(
         blocks.to_iter_dataset(READ_OPTIONS), Unbatch()
