@@ -15,7 +15,7 @@ from flaxformer_lite.config import ConfigError
 from flaxformer_lite.decoding import beam_search, length_penalty
 from flaxformer_lite.families import make_family
 from flaxformer_lite.families.recurrent import (
-    _callback,
+    make_tokens_to_logits,
     prefill_lm,
     prefill_seq2seq,
     translate_batch,
@@ -130,7 +130,7 @@ def test_step_by_step_decoding_equals_the_teacher_forced_forward(variant):
     forward = jax.jit(model.apply)({"params": params}, INPUTS, TARGETS)  # (B, T, V)
     prefill = jax.jit(prefill_seq2seq, static_argnames=("model", "max_decode_len"))
     start = prefill(model, params, INPUTS, max_decode_len=TARGETS.shape[1])
-    step = jax.jit(_callback(model, params))
+    step = jax.jit(make_tokens_to_logits(model, params))
     logits, cache = start.logits, start.cache
     for t in range(TARGETS.shape[1]):
         real = TARGETS[:, t] != PAD_ID  # the forward feeds PAD after EOS, decoding EOS
@@ -147,7 +147,7 @@ def test_lm_prefill_over_uneven_prompts_then_steps_equal_the_forward():
     prefill = jax.jit(prefill_lm, static_argnames=("model", "max_decode_len"))
     start = prefill(model, params, jnp.asarray(prompt), max_decode_len=tokens.shape[1])
     assert int(start.index) == 1
-    step = jax.jit(_callback(model, params))
+    step = jax.jit(make_tokens_to_logits(model, params))
     logits, cache = start.logits, start.cache
     for t in range(1, tokens.shape[1]):
         np.testing.assert_allclose(logits, forward[:, t], atol=1e-5, rtol=1e-5)
@@ -161,7 +161,7 @@ def test_beam_search_scores_are_the_forward_log_probabilities_of_its_hypotheses(
     beams, length, alpha = 3, 5, 0.6
     start = prefill_seq2seq(model, params, INPUTS, max_decode_len=length)
     search = jax.jit(functools.partial(beam_search, beam_size=beams, alpha=alpha), static_argnums=0)
-    tokens, scores = search(_callback(model, params), start)
+    tokens, scores = search(make_tokens_to_logits(model, params), start)
     assert np.all(np.isfinite(scores))
     forward = jax.jit(model.apply)
     for k in range(beams):

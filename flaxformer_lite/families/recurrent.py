@@ -72,20 +72,16 @@ _CONFIG_NAMES = {
 # Decoding: the recurrent state is the cache.
 
 
-def _callback(model, params) -> TokensToLogits:
-    """tokens (N, 1), cache -> (logits (N, V), next cache): one decoder step."""
+def make_tokens_to_logits(model, params) -> TokensToLogits:
+    """tokens (N, 1), cache -> (logits (N, V), next cache): one decoder step of either
+    recurrent model, the decoding callback (as `decoding.make_lm_tokens_to_logits` is
+    for the Transformer LM)."""
 
     def tokens_to_logits(tokens, cache):
         logits, cache = model.apply({"params": params}, tokens, cache, method=model.decode)
         return logits[:, -1], cache
 
     return tokens_to_logits
-
-
-def make_tokens_to_logits(model, params) -> TokensToLogits:
-    """The decoding callback after a prefill, for either recurrent model, as
-    `decoding.make_lm_tokens_to_logits` is for the Transformer LM."""
-    return _callback(model, params)
 
 
 def _bos(batch: int) -> jax.Array:
@@ -95,7 +91,7 @@ def _bos(batch: int) -> jax.Array:
 def prefill_seq2seq(model: RecurrentSeq2Seq, params, inputs, *, max_decode_len: int):
     """Encode inputs (B, S) and feed BOS: the start of every search."""
     cache = model.apply({"params": params}, inputs, method=model.start_cache)
-    logits, cache = _callback(model, params)(_bos(inputs.shape[0]), cache)
+    logits, cache = make_tokens_to_logits(model, params)(_bos(inputs.shape[0]), cache)
     return DecodeStart(
         logits=logits,
         cache=cache,
@@ -140,7 +136,7 @@ SEARCH_OPTIONS = ("max_decode_len", "beam_size", "alpha", "temperature", "top_k"
 def _search(model, params, start: DecodeStart, *, beam_size, alpha, temperature, top_k, top_p, rng):
     """Beam search's best hypothesis when beam_size > 1, else greedy (temperature 0)
     or sampling. The cache is batch-major, so beam search tiles and reorders axis 0."""
-    tokens_to_logits = _callback(model, params)
+    tokens_to_logits = make_tokens_to_logits(model, params)
     if beam_size > 1:
         tokens, _ = beam_search(tokens_to_logits, start, beam_size=beam_size, alpha=alpha)
         return tokens[:, 0]
