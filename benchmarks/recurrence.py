@@ -16,7 +16,7 @@ parallelism  One training step of a decoder-only Transformer and of an LSTM
              tokens/s. An LSTM step t needs the state of step t - 1, so its
              step is a loop as long as the sequence; the Transformer computes
              every position at once, as a few large matrix products.
-long_range   Reverse strings of exactly 8, 16, 32, 64 and 128 symbols: the
+long_range   Reverse strings of exactly 8, 16, 32 and 64 symbols (128 on request): the
              Transformer, the LSTM with additive attention, the LSTM without
              it (the whole source squeezed through one state vector) and the
              GRU with attention, each trained for the same number of steps at
@@ -28,11 +28,12 @@ gradients    The norm of d loss / d (input embedding at position t) against
              completion symbol, which is the first prompt symbol: the model
              needs an input 2L - 1 positions back.
 
-Budgets (quiet 2-core CPU; CPU seconds of each part are in the results JSON):
-parallelism 6 lengths x 2 models, TIMED_STEPS timed steps each; long_range
-REVERSE_STEPS steps of REVERSE_BATCH strings per run, 20 runs, LONG_RANGE_WORKERS
-(one per core) at a time; gradients
-GRADIENT_STEPS steps of GRADIENT_BATCH rows per model, 3 models.
+Budgets, chosen to keep the whole run under 15 minutes on a quiet 2-core CPU (CPU and wall
+seconds of each part are in the results JSON): parallelism 6 lengths x 2 models,
+TIMED_STEPS timed steps each, alone on the machine; long_range REVERSE_STEPS steps of
+REVERSE_BATCH strings per run, 16 runs; gradients GRADIENT_STEPS steps of GRADIENT_BATCH
+rows per model, 3 models. The trainings of long_range and of gradients run WORKERS (one
+per core) at a time.
 """
 
 import argparse
@@ -47,6 +48,7 @@ import pathlib
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 import flax.linen as nn
@@ -61,6 +63,8 @@ from configs import default  # noqa: E402
 from flaxformer_lite.data import create_datasets  # noqa: E402
 from flaxformer_lite.families import make_family  # noqa: E402
 from flaxformer_lite.training import checkpoint, step, trainer  # noqa: E402
+
+WORKERS = os.cpu_count() or 1  # independent trainings run one per core
 
 # -- The models: each is a set of config fields over configs/default.py. --------------------
 
@@ -92,12 +96,11 @@ HIDDEN_CHOICES = tuple(range(64, 513, 32))
 
 # -- long_range -----------------------------------------------------------------------------
 
-REVERSE_LENGTHS = (8, 16, 32, 64, 128)
+REVERSE_LENGTHS = (8, 16, 32, 64)  # --lengths 8 16 32 64 128 adds 128: ~10 min more
 REVERSE_STEPS = 400  # the Transformer at length 64: token accuracy 0.455 after 300, 0.999 after 350
 REVERSE_BATCH = 32
 REVERSE_LEARNING_RATE = 0.003  # the cosine's peak, after a warm-up of a quarter of the steps
 EVAL_EXAMPLES = 128
-LONG_RANGE_WORKERS = os.cpu_count() or 1
 
 # -- gradients ------------------------------------------------------------------------------
 
@@ -243,9 +246,36 @@ def train_quietly(config, workdir: str) -> dict:
         raise
 
 
+def in_workers(function, jobs: list[tuple]):
+    """Yield (job, function(*job)) for every job, as each finishes.
+
+    The jobs are independent trainings that each keep about one core busy, so they run
+    WORKERS at a time in fresh processes (a forked child would share jax's threads), in
+    the order given. A worker ends when the benchmark does, even if it is killed.
+    """
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        WORKERS, mp_context=spawn, initializer=_exit_with_parent, initargs=(os.getpid(),)
+    ) as pool:
+        pending = {pool.submit(function, *job): job for job in jobs}
+        for future in concurrent.futures.as_completed(pending):
+            yield pending[future], future.result()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: a daemon thread ends this worker once `parent` is gone."""
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    logging.set_verbosity(logging.ERROR)  # tfds and orbax warn at every run
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def reverse_run(name: str, symbols: int, root: str) -> tuple[dict, float]:
-    """One long-range run, in a worker process: (its final metrics, its CPU seconds)."""
-    logging.set_verbosity(logging.ERROR)
+    """One long-range run: (its final metrics, its CPU seconds)."""
     config = reverse_config(
         SEQ2SEQ_MODELS[name],
         symbols,
@@ -259,23 +289,12 @@ def reverse_run(name: str, symbols: int, root: str) -> tuple[dict, float]:
 
 
 def long_range(lengths=REVERSE_LENGTHS, models=tuple(SEQ2SEQ_MODELS)) -> dict:
-    """Held-out exact match of the seq2seq `models` at `lengths`, same steps and batch.
-
-    The runs are independent and each mostly keeps one core busy, so they run
-    `LONG_RANGE_WORKERS` at a time in fresh processes, the longest first.
-    """
+    """Held-out exact match of the seq2seq `models` at `lengths`, same steps and batch."""
     results = {"lengths": list(lengths), "steps": REVERSE_STEPS, "batch": REVERSE_BATCH}
-    runs = [(name, symbols) for symbols in sorted(lengths, reverse=True) for name in models]
     finals = {}
-    spawn = multiprocessing.get_context("spawn")  # a forked child would share jax's threads
-    with (
-        tempfile.TemporaryDirectory(prefix="reverse_") as root,
-        concurrent.futures.ProcessPoolExecutor(LONG_RANGE_WORKERS, mp_context=spawn) as pool,
-    ):
-        pending = {pool.submit(reverse_run, *run, root): run for run in runs}
-        for future in concurrent.futures.as_completed(pending):
-            name, symbols = pending[future]
-            final, cpu_seconds = future.result()
+    with tempfile.TemporaryDirectory(prefix="reverse_") as root:
+        longest_first = [(name, n, root) for n in sorted(lengths, reverse=True) for name in models]
+        for (name, symbols, _), (final, cpu_seconds) in in_workers(reverse_run, longest_first):
             finals[name, symbols] = final
             print(
                 f"  {name} length {symbols}: exact_match={final['exact_match']:.3f} "
@@ -339,48 +358,58 @@ def _add_to_embeddings(perturbation):
     return interceptor
 
 
+# Row: s_1 .. s_L SEP s_L .. s_1 EOS. Position 2L predicts s_1, whose own embedding is input
+# position 1 (position 0 reads BOS): distance 2L - 1.
+GRADIENT_POSITION = 2 * GRADIENT_SYMBOLS
+
+
+def gradient_run(name: str) -> dict:
+    """One language model, trained: its exact match, parameter count and gradient norms
+    against distance, untrained (as initialised) and trained."""
+    with tempfile.TemporaryDirectory(prefix=f"gradients_{name}_") as workdir:
+        config = reverse_config(
+            LANGUAGE_MODELS[name],
+            GRADIENT_SYMBOLS,
+            steps=GRADIENT_STEPS,
+            batch=GRADIENT_BATCH,
+            data_dir=f"{workdir}/data",
+            language_model=True,
+        )
+        final = train_quietly(config, workdir)
+        trained = checkpoint.restore_params(workdir)
+        with contextlib.redirect_stdout(io.StringIO()):
+            datasets = create_datasets(config, workdir, num_local_devices=1)
+        family = make_family(config, datasets.tokenizer.vocab_size)
+        untrained = family.init_params(jax.random.key(config.seed))  # the trainer's start
+        batch = {k: v[0] for k, v in next(iter(datasets.eval_batches("validation"))).items()}
+    row = {"exact_match": final["exact_match"], "parameters": parameter_count(family)}
+    for state, params in (("untrained", untrained), ("trained", trained)):
+        norms = embedding_gradient_norms(
+            family, params, batch, position=GRADIENT_POSITION, width=config.d_model
+        )
+        row[state] = norms.tolist()
+    return row
+
+
 def gradients() -> dict:
     """Gradient norm against distance for each LM, untrained (as initialised) and trained."""
-    symbols = GRADIENT_SYMBOLS
-    # Row: s_1 .. s_L SEP s_L .. s_1 EOS. Position 2L predicts s_1, whose own embedding is
-    # input position 1 (position 0 reads BOS): distance 2L - 1.
-    position = 2 * symbols
-    results = {"symbols": symbols, "steps": GRADIENT_STEPS, "batch": GRADIENT_BATCH}
+    position = GRADIENT_POSITION
+    results = {"symbols": GRADIENT_SYMBOLS, "steps": GRADIENT_STEPS, "batch": GRADIENT_BATCH}
     results["distances"] = list(range(position, -1, -1))  # of input positions 0..position
     results["needed_distance"] = position - 1
-    for name, model in LANGUAGE_MODELS.items():
-        with tempfile.TemporaryDirectory(prefix=f"gradients_{name}_") as workdir:
-            config = reverse_config(
-                model,
-                symbols,
-                steps=GRADIENT_STEPS,
-                batch=GRADIENT_BATCH,
-                data_dir=f"{workdir}/data",
-                language_model=True,
-            )
-            final = train_quietly(config, workdir)
-            trained = checkpoint.restore_params(workdir)
-            with contextlib.redirect_stdout(io.StringIO()):
-                datasets = create_datasets(config, workdir, num_local_devices=1)
-            family = make_family(config, datasets.tokenizer.vocab_size)
-            untrained = family.init_params(jax.random.key(config.seed))  # the trainer's start
-            batch = {k: v[0] for k, v in next(iter(datasets.eval_batches("validation"))).items()}
-        row = {"exact_match": final["exact_match"], "parameters": parameter_count(family)}
-        for state, params in (("untrained", untrained), ("trained", trained)):
-            norms = embedding_gradient_norms(
-                family, params, batch, position=position, width=config.d_model
-            )
-            row[state] = norms.tolist()
+    for (name,), row in in_workers(gradient_run, [(name,) for name in LANGUAGE_MODELS]):
+        for state in ("untrained", "trained"):
+            norms = row[state]
             # The gradient that reaches the input the prediction needs, relative to the
             # gradient at the predicting position's own input.
-            ratio = float(norms[1] / norms[position])
+            ratio = norms[1] / norms[position]
             results[f"gradient_needed_over_own_{state}_{name}"] = ratio
             print(
                 f"  {name} {state}: |grad| at distance 0: {norms[position]:.3g}, at the "
                 f"needed input (distance {position - 1}): {norms[1]:.3g} (ratio {ratio:.3g})",
                 flush=True,
             )
-        print(f"  {name}: exact_match={final['exact_match']:.3f} after training", flush=True)
+        print(f"  {name}: exact_match={row['exact_match']:.3f} after training", flush=True)
         results[name] = row
     return results
 

@@ -25,7 +25,7 @@ Parts:
            the default run's quality, not the speed, so it runs only with --only
   recurrence  the Transformer vs RNN, LSTM and GRU networks: step time against length,
            reversal exact match against length, gradient norm against distance
-           (benchmarks/recurrence.py); a teaching comparison that trains 23 small
+           (benchmarks/recurrence.py); a teaching comparison that trains 19 small
            models, so it runs only with --only
   variants the decoder-only LM with the 2017 blocks, RoPE, RoPE + RMSNorm + SwiGLU, and
            that with 2 KV heads: held-out loss, train and decode tokens/s, cache bytes
