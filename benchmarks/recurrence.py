@@ -100,7 +100,7 @@ REVERSE_LENGTHS = (8, 16, 32, 64)  # --lengths 8 16 32 64 128 adds 128: ~10 min 
 REVERSE_STEPS = 400  # the Transformer at length 64: token accuracy 0.455 after 300, 0.999 after 350
 REVERSE_BATCH = 32
 REVERSE_LEARNING_RATE = 0.003  # the cosine's peak, after a warm-up of a quarter of the steps
-EVAL_EXAMPLES = 128
+EVAL_EXAMPLES = 64
 
 # -- gradients ------------------------------------------------------------------------------
 
@@ -291,11 +291,12 @@ def reverse_run(name: str, symbols: int, root: str) -> tuple[dict, float]:
 def long_range(lengths=REVERSE_LENGTHS, models=tuple(SEQ2SEQ_MODELS)) -> dict:
     """Held-out exact match of the seq2seq `models` at `lengths`, same steps and batch."""
     results = {"lengths": list(lengths), "steps": REVERSE_STEPS, "batch": REVERSE_BATCH}
-    finals = {}
+    finals, results["cpu_s"] = {}, 0.0
     with tempfile.TemporaryDirectory(prefix="reverse_") as root:
         longest_first = [(name, n, root) for n in sorted(lengths, reverse=True) for name in models]
         for (name, symbols, _), (final, cpu_seconds) in in_workers(reverse_run, longest_first):
             finals[name, symbols] = final
+            results["cpu_s"] += cpu_seconds
             print(
                 f"  {name} length {symbols}: exact_match={final['exact_match']:.3f} "
                 f"token accuracy {final['eval_accuracy']:.3f} ({cpu_seconds:.0f} CPU-s)",
@@ -365,7 +366,8 @@ GRADIENT_POSITION = 2 * GRADIENT_SYMBOLS
 
 def gradient_run(name: str) -> dict:
     """One language model, trained: its exact match, parameter count and gradient norms
-    against distance, untrained (as initialised) and trained."""
+    against distance, untrained (as initialised) and trained; its CPU seconds."""
+    start = time.process_time()
     with tempfile.TemporaryDirectory(prefix=f"gradients_{name}_") as workdir:
         config = reverse_config(
             LANGUAGE_MODELS[name],
@@ -388,6 +390,7 @@ def gradient_run(name: str) -> dict:
             family, params, batch, position=GRADIENT_POSITION, width=config.d_model
         )
         row[state] = norms.tolist()
+    row["cpu_s"] = time.process_time() - start
     return row
 
 
@@ -397,6 +400,7 @@ def gradients() -> dict:
     results = {"symbols": GRADIENT_SYMBOLS, "steps": GRADIENT_STEPS, "batch": GRADIENT_BATCH}
     results["distances"] = list(range(position, -1, -1))  # of input positions 0..position
     results["needed_distance"] = position - 1
+    results["cpu_s"] = 0.0
     for (name,), row in in_workers(gradient_run, [(name,) for name in LANGUAGE_MODELS]):
         for state in ("untrained", "trained"):
             norms = row[state]
@@ -410,6 +414,7 @@ def gradients() -> dict:
                 flush=True,
             )
         print(f"  {name}: exact_match={row['exact_match']:.3f} after training", flush=True)
+        results["cpu_s"] += row.pop("cpu_s")
         results[name] = row
     return results
 
@@ -433,17 +438,18 @@ def run(parts=tuple(EXPERIMENTS), **long_range_options) -> dict:
     """The experiments in `parts`: {headline: value, experiment: its results}.
 
     Headlines sit at the top level, for benchmarks/run.py to print; each experiment's
-    curves and its CPU seconds sit under its name.
+    curves and its CPU and wall seconds sit under its name. parallelism times steps, so
+    it runs alone; long_range and gradients only train, so they run side by side.
     """
     logging.set_verbosity(logging.ERROR)  # tfds and orbax warn at every run
+    options = {name: {} for name in parts} | {"long_range": long_range_options}
     results = {}
-    for name in parts:
-        print(f"-- {name}", flush=True)
-        cpu_start, wall_start = cpu_seconds(), time.perf_counter()
-        options = long_range_options if name == "long_range" else {}
-        results[name] = EXPERIMENTS[name](**options)
-        results[name]["cpu_s"] = cpu_seconds() - cpu_start
-        results[name]["wall_s"] = time.perf_counter() - wall_start
+    if "parallelism" in parts:
+        results["parallelism"] = timed_part("parallelism", {})
+    training = [name for name in parts if name != "parallelism"]
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(training))) as threads:
+        running = {name: threads.submit(timed_part, name, options[name]) for name in training}
+    results |= {name: future.result() for name, future in running.items()}
     headlines = {}
     for values in results.values():
         for key in [key for key in values if key.startswith(HEADLINE_PREFIXES)]:
@@ -451,6 +457,17 @@ def run(parts=tuple(EXPERIMENTS), **long_range_options) -> dict:
     for key, value in headlines.items():
         print(f"{key}={value:.3f}", flush=True)
     return {**headlines, **results}
+
+
+def timed_part(name: str, options: dict) -> dict:
+    """One experiment's results, with its wall seconds and CPU seconds (the sum over its
+    trainings where it reports them, as parts running side by side share the process)."""
+    print(f"-- {name}", flush=True)
+    cpu_start, wall_start = cpu_seconds(), time.perf_counter()
+    results = EXPERIMENTS[name](**options)
+    results.setdefault("cpu_s", cpu_seconds() - cpu_start)
+    results["wall_s"] = time.perf_counter() - wall_start
+    return results
 
 
 def main() -> None:
