@@ -141,13 +141,23 @@ def create_datasets(
     return create_example_datasets(options, workdir, layout)
 
 
-def create_example_datasets(options: DataOptions, workdir: str, layout: HostLayout) -> Datasets:
-    """Data read example by example: pairs, prompt -> completion rows, or lines of text."""
+def create_example_datasets(
+    options: DataOptions,
+    workdir: str,
+    layout: HostLayout,
+    *,
+    pretrained_tokenizer: Tokenizer | None = None,
+) -> Datasets:
+    """Data read example by example: pairs, prompt -> completion rows, or lines of text.
+
+    `pretrained_tokenizer` replaces the config's tokenizer: a checkpoint's, for a model
+    fine-tuned from it (pretrained/finetune.py).
+    """
     text = load_text(options, workdir, layout.process_index)
     if "train" not in text.splits:
         raise DataError(f"config.dataset={options.dataset!r} has no train split.")
     train = text.splits["train"]
-    tokenizer = make_tokenizer(
+    tokenizer = pretrained_tokenizer or make_tokenizer(
         options,
         text.cache_name,
         lambda: tokenizers.corpus(train.pairs(), options.sentencepiece_max_corpus_chars),
@@ -356,7 +366,9 @@ def train_length_report(
     Counting reads the whole shard, which takes minutes for WMT; a resumed run reads the
     saved count instead.
     """
-    tokenizer_name = "byte" if options.tokenizer == "byte" else f"sp{options.vocab_size}"
+    tokenizer_name = {"byte": "byte", "sentencepiece": f"sp{options.vocab_size}"}.get(
+        options.tokenizer, "pretrained"
+    )
     path = pathlib.Path(workdir) / (
         f"train_lengths_{text.cache_name}_{data_format(options).name}_{tokenizer_name}_"
         f"{options.max_source_length}x"

@@ -30,8 +30,7 @@ import numpy as np
 
 from flaxformer_lite.config import ConfigError, required_field
 from flaxformer_lite.data import datasets, pipeline
-from flaxformer_lite.data.formats import data_format
-from flaxformer_lite.data.options import DataError, DataOptions, process_index_and_count
+from flaxformer_lite.data.options import DataOptions, process_index_and_count
 from flaxformer_lite.pretrained import Pretrained, PretrainedError, read_config
 from flaxformer_lite.pretrained import load as load_checkpoint
 from flaxformer_lite.pretrained.tokenizer import PipelineTokenizer
@@ -187,46 +186,15 @@ def params(path: str) -> dict:
 def create_datasets(
     config: ml_collections.ConfigDict, workdir: str, num_local_devices: int
 ) -> datasets.Datasets:
-    """`data.create_datasets` for a checkpoint's tokenizer: the same examples, batches and log.
+    """`data.create_datasets` with the checkpoint's tokenizer: the same examples and batches.
 
     Encoder-only data (masked LM, classification) are read example by example.
     """
-    options = DataOptions.from_config(config)
     process_index, process_count = process_index_and_count()
     layout = pipeline.HostLayout(num_local_devices, process_index, process_count)
-    tokenizer = pipeline_tokenizer(config.init_from)
-    text = datasets.load_text(options, workdir, process_index)
-    if "train" not in text.splits:
-        raise DataError(f"config.dataset={options.dataset!r} has no train split.")
-    train = text.splits["train"]
-    train_pairs = train.pairs(pipeline.host_shard(range(len(train)), layout))
-    reports = {"train": pipeline.scan_lengths("train", train_pairs, tokenizer, options)}
-    if reports["train"].kept == 0:
-        raise DataError(
-            f"Every training example is longer than config.max_source_length="
-            f"{options.max_source_length} tokens of the checkpoint's tokenizer: raise it, or "
-            "set config.overlong='truncate'."
-        )
-    eval_examples, eval_references = {}, {}
-    for split, pairs in text.splits.items():
-        if split != "train":
-            eval_examples[split], eval_references[split], reports[split] = (
-                pipeline.encode_eval_split(split, pairs, tokenizer, options)
-            )
-    train_iter = iter(pipeline.train_dataset(train, tokenizer, options, layout))
-    named = dataclasses.replace(options, tokenizer=f"{config.init_from} (the checkpoint's)")
-    info = datasets.describe(
-        named, text, tokenizer, reports, layout, datasets.peek_real_tokens(train_iter)
+    options = dataclasses.replace(  # as the data log names the tokenizer
+        DataOptions.from_config(config), tokenizer=f"{config.init_from} (the checkpoint's)"
     )
-    return datasets.Datasets(
-        tokenizer=tokenizer,
-        train_iter=train_iter,
-        info=info,
-        length_reports=reports,
-        eval_examples=eval_examples,
-        eval_references=eval_references,
-        options=options,
-        layout=layout,
-        data_format=data_format(options).name,
-        eval_bytes={},
+    return datasets.create_example_datasets(
+        options, workdir, layout, pretrained_tokenizer=pipeline_tokenizer(config.init_from)
     )
