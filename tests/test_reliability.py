@@ -42,6 +42,10 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_exactly(tmp
     workdir = tmp_path / "interrupted"
     flags = [*TINY_FLAGS, f"--config.eval_every_steps={NEVER}"]
     flags += [f"--config.checkpoint_every_steps={NEVER}", f"--config.log_every_steps={NEVER}"]
+    # The resumed command names a nearer end than the interrupted one. Cosine decays over
+    # num_train_steps, so past the warm-up the two would follow different learning rates;
+    # rsqrt depends on the step alone.
+    flags += ["--config.schedule=rsqrt"]
     process = subprocess.Popen(
         [sys.executable, "train.py", f"--workdir={workdir}", f"--config.num_train_steps={NEVER}"]
         + flags,
@@ -76,6 +80,7 @@ def test_sigterm_saves_the_current_step_and_the_same_command_resumes_exactly(tmp
     straight = tmp_path / "straight"
     config = tiny_config(
         num_train_steps=end,
+        schedule="rsqrt",
         eval_every_steps=NEVER,
         checkpoint_every_steps=NEVER,
         log_every_steps=NEVER,
