@@ -9,7 +9,7 @@ ends above 0.95 held-out accuracy (eval_accuracy in the `final:` line): 0.9935 a
 steps (0.978 at step 300), in 216 CPU-s measured on a 2-core machine under load 15-30.
 
 Other image data: `--config.dataset=image_folder --config.image_dir=DIR`
-(DIR/CLASS_NAME/*.png|jpg), or mnist, fashion_mnist, cifar10 from the tfds catalog (set
+(DIR/CLASS_NAME/*.png|jpg|...), or mnist, fashion_mnist, cifar10 from the tfds catalog (set
 image_size and image_channels to theirs: 28 and 1, 32 and 3).
 """
 

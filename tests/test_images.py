@@ -41,6 +41,26 @@ def test_image_folder_maps_sorted_class_names_to_labels_and_decodes_pixels(tmp_p
     assert gray.shape == (4, 4, 1) and gray.dtype == np.uint8
 
 
+def test_image_folder_reads_subfolders_other_formats_and_modes_as_imagefolder_does(tmp_path):
+    rgb = pixels(3)
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "dog").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "cat" / "x.bmp")
+    write_png(tmp_path / "cat" / "day1" / "y.PNG", rgb)  # nested, upper-case suffix
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "cat" / "z.webp", lossless=True)
+    Image.fromarray(rgb).convert("P").save(tmp_path / "dog" / "p.gif")
+    write_png(tmp_path / "dog" / ".hidden" / "skip.png", rgb)
+    folder = images.scan_image_folder(str(tmp_path))
+    relative = [str(path.relative_to(tmp_path)) for path in folder.paths]
+    assert relative == ["cat/day1/y.PNG", "cat/x.bmp", "cat/z.webp", "dog/p.gif"]
+    assert folder.labels.tolist() == [0, 0, 0, 1]
+    source = images.FileSource(folder.paths, folder.labels, size=8, channels=3)
+    for index in range(3):  # lossless formats: the pixels come back, alpha dropped
+        np.testing.assert_array_equal(source[index]["image"], rgb)
+    palette = np.asarray(Image.fromarray(rgb).convert("P").convert("RGB"))
+    np.testing.assert_array_equal(source[3]["image"], palette)
+
+
 def test_a_corrupt_image_is_an_error_naming_the_file(tmp_path):
     write_png(tmp_path / "cat" / "good.png", pixels(0))
     (tmp_path / "dog").mkdir()
@@ -54,7 +74,7 @@ def test_an_empty_class_folder_is_reported(tmp_path):
     write_png(tmp_path / "cat" / "good.png", pixels(0))
     (tmp_path / "dog").mkdir()
     (tmp_path / "dog" / "readme.txt").write_text("no images here")
-    with pytest.raises(DataError, match=f"Class folder {tmp_path / 'dog'} holds no .png"):
+    with pytest.raises(DataError, match=f"Class folder {tmp_path / 'dog'} holds no images"):
         images.scan_image_folder(str(tmp_path))
 
 

@@ -55,7 +55,8 @@ from flaxformer_lite.data.pipeline import HostLayout, host_shard, split_devices
 
 CATALOG_IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 IMAGE_DATASETS = ("shapes", "image_folder", *CATALOG_IMAGE_DATASETS)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+# The image files a class folder may hold (torchvision's ImageFolder reads the same).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 MAX_STATISTICS_IMAGES = 2000  # Evenly spaced training images the channel statistics read.
 RECORD_FILE = "image_data.json"
 # Threads that decode and augment the next batches while the training step runs.
@@ -218,7 +219,8 @@ class ImageFolder:
 
 
 def scan_image_folder(root: str, class_names: Sequence[str] | None = None) -> ImageFolder:
-    """List root/CLASS_NAME/*.png|jpg; a file's label is its folder's index in the sorted names.
+    """List root/CLASS_NAME/**/*.png|jpg|...; a file's label is its class folder's index in
+    the sorted names.
 
     `class_names` (a held-out folder) fixes the mapping to the training folder's classes; its
     folders must be among them. Raises DataError for a missing root, a root without class
@@ -241,18 +243,28 @@ def scan_image_folder(root: str, class_names: Sequence[str] | None = None) -> Im
                 f"Class folder {folder} is not a class of the training images {names}: "
                 "rename or remove it."
             )
-        files = sorted(
-            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        files = _image_files(folder)
         if not files:
             raise DataError(
-                f"Class folder {folder} holds no .png or .jpg images: add some, or remove it."
+                f"Class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
+                "add some, or remove it."
             )
         paths.extend(files)
         labels.extend([names.index(folder.name)] * len(files))
     for path in paths:
         verify_image_file(path)
     return ImageFolder(root_path, names, tuple(paths), np.asarray(labels, np.int32))
+
+
+def _image_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    """Every image file under a class folder, its subfolders too, sorted; hidden ones skipped."""
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file()
+        and path.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
 
 
 def verify_image_file(path: pathlib.Path) -> None:
