@@ -152,6 +152,21 @@ def test_training_batches_are_seeded_and_resume_where_they_stopped():
     assert not np.array_equal(next(other_seed)["image"], first[0]["image"])
 
 
+def test_hosts_augmented_batches_stacked_are_the_single_process_batch():
+    source = shapes_source()
+    stats = images.channel_statistics(source)
+    opts = options(per_device_batch_size=2)
+    single = take(iter(images.train_dataset(source, stats, opts, HostLayout(2))), 14)
+    hosts = [
+        take(iter(images.train_dataset(source, stats, opts, HostLayout(1, h, 2))), 14)
+        for h in (0, 1)
+    ]
+    for step, expected in enumerate(single):  # 14 x 4 images: past two epochs of 24
+        for key in ("image", "label"):
+            stacked = np.concatenate([hosts[0][step][key], hosts[1][step][key]])
+            np.testing.assert_array_equal(stacked, expected[key])
+
+
 def test_evaluation_batches_hold_every_image_once_then_zero_rows():
     source, layout = shapes_source(10), HostLayout(num_devices=1)
     stats = images.channel_statistics(source)

@@ -338,9 +338,9 @@ def create_caption_datasets(config, workdir: str, layout: HostLayout) -> Caption
         )
         reports[split] = LengthReport(split, len(source), overlong, pipeline.EVALUATION_POLICY)
 
-    indices = grain.MapDataset.source(pipeline.host_shard(range(len(train)), layout))
-    rows = (
-        indices.shuffle(seed=options.seed).repeat().map(EncodeCaption(train, tokenizer, max_length))
+    indices = pipeline.shuffled_epochs(range(len(train)), options.seed)
+    rows = pipeline.host_rows(indices, options, layout).map(
+        EncodeCaption(train, tokenizer, max_length)
     )
     train_iter = iter(
         pipeline.batch_and_prefetch(rows.to_iter_dataset(pipeline.READ_OPTIONS), options, layout)

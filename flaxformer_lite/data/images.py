@@ -19,9 +19,10 @@
 Every image is converted to `image_channels` (1 grayscale, 3 RGB) and resized to
 `image_size` pixels square, as uint8 (H, W, C). Then, per split:
 
-    train: this host's shard -> shuffle (seed, anew each epoch) -> repeat
+    train: shuffle (seed, anew each epoch) -> repeat
              -> random crop after `crop_padding` zero pixels, horizontal flip (seeded per
                 element: the same seed gives the same batches, and a resumed run its next one)
+             -> this host's rows of every global batch (pipeline.HostRows)
              -> normalise -> batch -> [devices, per_device_batch, ...]
     eval:  every image once, normalised, all-zero rows (loss_weights 0) after the last
 
@@ -51,12 +52,29 @@ from PIL import Image, UnidentifiedImageError
 
 from flaxformer_lite.data import catalog, shapes
 from flaxformer_lite.data.options import DataError, DataOptions
-from flaxformer_lite.data.pipeline import HostLayout, host_shard, split_devices
+from flaxformer_lite.data.pipeline import (
+    HostLayout,
+    HostRows,
+    host_shard,
+    shuffled_epochs,
+    split_devices,
+)
 
 CATALOG_IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 IMAGE_DATASETS = ("shapes", "image_folder", *CATALOG_IMAGE_DATASETS)
 # The image files a class folder may hold (torchvision's ImageFolder reads the same).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+)
 MAX_STATISTICS_IMAGES = 2000  # Evenly spaced training images the channel statistics read.
 RECORD_FILE = "image_data.json"
 # Threads that decode and augment the next batches while the training step runs.
@@ -463,11 +481,11 @@ def train_dataset(
     """The endless, shuffled, augmented stream of training batches for this host."""
     rows = layout.num_devices * options.per_device_batch_size
     shape = (options.image_size, options.image_size, options.image_channels)
-    examples = grain.MapDataset.source(source)[layout.process_index :: layout.process_count]
-    examples = examples.shuffle(seed=options.seed).repeat()
-    examples = examples.random_map(
+    examples = shuffled_epochs(source, options.seed).random_map(
         Augment(padding=options.crop_padding, flip=options.horizontal_flip), seed=options.seed
     )
+    # Augmented by its place in the stream all hosts share, then this host's rows of it.
+    examples = HostRows(examples, layout, rows)
     batches = examples.map(functools.partial(to_row, normalize, shape=shape)).batch(
         rows, drop_remainder=True
     )

@@ -11,8 +11,8 @@ print `str(error)`: the user then sees that line instead of a stack trace.
 
 Several hosts, one data pipeline: work whose result is a file every host reads (preparing a
 dataset, training the tokenizer) is done by process 0 alone; the other processes poll until
-the file is there (`wait_for`). Each host then reads its own shard of the data
-(`pipeline.py`).
+the file is there (`wait_for`). Each host then reads its own rows of every global
+batch (`pipeline.HostRows`).
 """
 
 from __future__ import annotations

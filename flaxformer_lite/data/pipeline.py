@@ -2,7 +2,8 @@
 
 Training (`train_dataset`), for this host:
 
-    record indices -> this host's shard -> shuffle (seeded, anew each epoch) -> repeat
+    record indices -> shuffle (seeded, anew each epoch) -> repeat
+      -> this host's rows of every global batch (`HostRows`: the same whatever the host count)
       -> read and tokenise a block of records at a time, appending EOS -> one example at a time
       -> drop or cut over-long examples
       -> pack several examples per row (or pad one per row) -> batch -> [devices, batch, length]
@@ -182,6 +183,43 @@ def host_shard(elements: Sequence[T], layout: HostLayout) -> Sequence[T]:
     return elements[layout.process_index :: layout.process_count]
 
 
+class HostRows(grain.MapDataset):
+    """This host's rows of every global batch, out of the endless stream all hosts agree on.
+
+    Global batch k is elements [k B, (k + 1) B) of `stream` (B = rows_per_host x hosts). Every
+    host builds the same stream (the same seeded order; cheap, as it is lazy) and reads only
+    its block of each batch, rows [h b, (h + 1) b):
+
+        stream   e0 e1 e2 e3 | e4 e5 e6 e7 | ...      2 hosts, b = 2 rows each
+        host 0   e0 e1       | e4 e5       | ...
+        host 1         e2 e3 |       e6 e7 | ...
+
+    `jax.make_array_from_process_local_data` stacks the hosts' rows in process order, so the
+    global batch is the one a single process would read: the examples a step trains on do
+    not depend on how many hosts read them. (Packed rows are packed per host, so there the
+    examples agree and the rows do not.)
+    """
+
+    def __init__(self, stream: grain.MapDataset, layout: HostLayout, rows_per_host: int):
+        super().__init__(stream)
+        self._host, self._hosts = layout.process_index, layout.process_count
+        self._rows = rows_per_host
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._hosts
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        batch, row = divmod(index, self._rows)
+        return self._parent[(batch * self._hosts + self._host) * self._rows + row]
+
+
+def host_rows(stream: grain.MapDataset, options: DataOptions, layout: HostLayout) -> HostRows:
+    """This host's share of the endless training `stream`: its rows of every global batch."""
+    return HostRows(stream, layout, layout.num_devices * options.per_device_batch_size)
+
+
 # grain's shuffle finds where index i goes by enciphering i within 2**16 values (or the next
 # power of two above the dataset's length), enciphering again until the result falls inside
 # the dataset. Below 2**16 elements that costs about 2**16 / length cipher passes per index:
@@ -223,7 +261,7 @@ def train_dataset(
     rows = layout.num_devices * options.per_device_batch_size
     lengths = max_lengths(options)
     # Shuffle and repeat the record indices, then read and tokenise them a block at a time.
-    indices = shuffled_epochs(host_shard(range(len(split)), layout), options.seed)
+    indices = host_rows(shuffled_epochs(range(len(split)), options.seed), options, layout)
     blocks = indices.batch(READ_BLOCK_SIZE).map(ReadAndEncode(split, tokenizer, options))
     examples = grain.experimental.FlatMapIterDataset(
         blocks.to_iter_dataset(READ_OPTIONS), Unbatch()

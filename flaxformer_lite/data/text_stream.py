@@ -27,7 +27,12 @@ import numpy as np
 from flaxformer_lite.data import catalog, local_files, prepared
 from flaxformer_lite.data.formats import Example
 from flaxformer_lite.data.options import DataError, DataOptions
-from flaxformer_lite.data.pipeline import HostLayout, batch_and_prefetch, host_shard
+from flaxformer_lite.data.pipeline import (
+    HostLayout,
+    batch_and_prefetch,
+    host_rows,
+    shuffled_epochs,
+)
 from flaxformer_lite.data.tokenizers import ByteTokenizer, Tokenizer
 from flaxformer_lite.special_tokens import NUM_SPECIAL_TOKENS
 
@@ -120,8 +125,8 @@ def train_dataset(
             f"The train split has {len(tokens)} tokens, fewer than one window of "
             f"config.max_target_length={length}: lower it, or train on more text."
         )
-    offsets = grain.MapDataset.source(host_shard(range(len(tokens) - length + 1), layout))
-    windows = offsets.shuffle(seed=options.seed).repeat().map(WindowAt(tokens, length))
+    offsets = shuffled_epochs(range(len(tokens) - length + 1), options.seed)
+    windows = host_rows(offsets, options, layout).map(WindowAt(tokens, length))
     return batch_and_prefetch(windows.to_iter_dataset(), options, layout)
 
 

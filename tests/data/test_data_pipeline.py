@@ -150,6 +150,19 @@ def test_host_shards_are_disjoint_and_cover_the_data():
     assert set.union(*seen) == {split.to_pair(source) for source in split.records}
 
 
+def test_hosts_batches_stacked_in_process_order_are_the_single_process_batch():
+    # 2 hosts of 2 devices read what 1 host of 4 reads: the global batch does not depend
+    # on the process count (unpacked rows; packed rows are packed per host).
+    split = reverse_split(500)
+    opts = options(per_device_batch_size=8, pack_examples=False)
+    single = take(split, opts, HostLayout(4), 40)  # 40 x 32 rows: past the first epoch
+    hosts = [take(split, opts, HostLayout(2, process_index=h, process_count=2), 40) for h in (0, 1)]
+    for step, expected in enumerate(single):
+        for key in expected:
+            stacked = np.concatenate([hosts[0][step][key], hosts[1][step][key]])
+            np.testing.assert_array_equal(stacked, expected[key], err_msg=f"step {step} {key}")
+
+
 @pytest.mark.parametrize("pack", [True, False])
 def test_restored_state_gives_the_same_next_batches(pack):
     split, layout = reverse_split(), HostLayout(num_devices=2)
