@@ -219,7 +219,10 @@ def test_missing_weights(tmp_path):
 def test_missing_tokenizer(tmp_path):
     directory = copy_fixture("gpt2", tmp_path)
     (directory / "tokenizer.json").unlink()
-    with pytest.raises(pretrained.PretrainedError, match=r"no tokenizer\.json or vocab\.txt"):
+    with pytest.raises(pretrained.PretrainedError, match=r"has no tokenizer, and neither"):
+        pretrained.load(str(directory))
+    (directory / "spiece.model").write_bytes(b"")  # a slow tokenizer alone: say how to convert
+    with pytest.raises(pretrained.PretrainedError, match=r"only spiece\.model.*save_pretrained"):
         pretrained.load(str(directory))
 
 

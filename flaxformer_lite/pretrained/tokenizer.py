@@ -161,6 +161,11 @@ def _first_token(tokenizer: tokenizers.Tokenizer, *names: str) -> int | None:
     return next((token for token in ids if token is not None), None)
 
 
+# What a directory without tokenizer.json may hold instead: sentencepiece models (T5,
+# Llama) and byte-level BPE tables (GPT-2). transformers converts them to tokenizer.json.
+SLOW_TOKENIZER_FILES = ("spiece.model", "tokenizer.model", "vocab.json", "merges.txt")
+
+
 def load_tokenizer(model_dir: str, vocabulary: CheckpointVocabulary) -> PretrainedTokenizer:
     """tokenizer.json, else vocab.txt (WordPiece), of `model_dir`."""
     tokenizer_json = os.path.join(model_dir, "tokenizer.json")
@@ -176,9 +181,14 @@ def load_tokenizer(model_dir: str, vocabulary: CheckpointVocabulary) -> Pretrain
             vocab_txt, lowercase=_tokenizer_config(model_dir).get("do_lower_case", True)
         )
     else:
+        slow = [
+            name for name in SLOW_TOKENIZER_FILES if os.path.exists(os.path.join(model_dir, name))
+        ]
+        found = f"only {', '.join(slow)}, a slow tokenizer's files" if slow else "no tokenizer"
         raise PretrainedError(
-            f"{model_dir} has no tokenizer.json or vocab.txt: save the tokenizer beside the "
-            "model (tokenizer.save_pretrained(DIR))."
+            f"{model_dir} has {found}, and neither tokenizer.json nor BERT's vocab.txt: "
+            "write tokenizer.json once with transformers, "
+            "AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)."
         )
     return PretrainedTokenizer(tokenizer, vocabulary)
 
