@@ -42,13 +42,11 @@ import contextlib
 import datetime
 import io
 import json
-import multiprocessing
 import os
 import pathlib
 import statistics
 import sys
 import tempfile
-import threading
 import time
 
 import flax.linen as nn
@@ -58,6 +56,8 @@ import numpy as np
 from absl import logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # For `configs`.
+
+from processes import in_workers  # noqa: E402
 
 from configs import default  # noqa: E402
 from flaxformer_lite.data import create_datasets  # noqa: E402
@@ -246,34 +246,6 @@ def train_quietly(config, workdir: str) -> dict:
         raise
 
 
-def in_workers(function, jobs: list[tuple]):
-    """Yield (job, function(*job)) for every job, as each finishes.
-
-    The jobs are independent trainings that each keep about one core busy, so they run
-    WORKERS at a time in fresh processes (a forked child would share jax's threads), in
-    the order given. A worker ends when the benchmark does, even if it is killed.
-    """
-    spawn = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        WORKERS, mp_context=spawn, initializer=_exit_with_parent, initargs=(os.getpid(),)
-    ) as pool:
-        pending = {pool.submit(function, *job): job for job in jobs}
-        for future in concurrent.futures.as_completed(pending):
-            yield pending[future], future.result()
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Worker initializer: a daemon thread ends this worker once `parent` is gone."""
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1)
-        os._exit(1)
-
-    logging.set_verbosity(logging.ERROR)  # tfds and orbax warn at every run
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def reverse_run(name: str, symbols: int, root: str) -> tuple[dict, float]:
     """One long-range run: (its final metrics, its CPU seconds)."""
     config = reverse_config(
@@ -294,7 +266,8 @@ def long_range(lengths=REVERSE_LENGTHS, models=tuple(SEQ2SEQ_MODELS)) -> dict:
     finals, results["cpu_s"] = {}, 0.0
     with tempfile.TemporaryDirectory(prefix="reverse_") as root:
         longest_first = [(name, n, root) for n in sorted(lengths, reverse=True) for name in models]
-        for (name, symbols, _), (final, cpu_seconds) in in_workers(reverse_run, longest_first):
+        runs = in_workers(reverse_run, longest_first, workers=WORKERS)
+        for (name, symbols, _), (final, cpu_seconds) in runs:
             finals[name, symbols] = final
             results["cpu_s"] += cpu_seconds
             print(
@@ -401,7 +374,9 @@ def gradients() -> dict:
     results["distances"] = list(range(position, -1, -1))  # of input positions 0..position
     results["needed_distance"] = position - 1
     results["cpu_s"] = 0.0
-    for (name,), row in in_workers(gradient_run, [(name,) for name in LANGUAGE_MODELS]):
+    for (name,), row in in_workers(
+        gradient_run, [(name,) for name in LANGUAGE_MODELS], workers=WORKERS
+    ):
         for state in ("untrained", "trained"):
             norms = row[state]
             # The gradient that reaches the input the prediction needs, relative to the

@@ -23,6 +23,7 @@ README section (and /work/notes/readme/variants.md).
 """
 
 import contextlib
+import functools
 import io
 import pathlib
 import sys
@@ -35,6 +36,8 @@ from absl import logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # For `configs`.
 
+from processes import in_workers  # noqa: E402
+
 from configs import lm_default  # noqa: E402
 from flaxformer_lite import decoding  # noqa: E402
 from flaxformer_lite.data import create_datasets  # noqa: E402
@@ -43,7 +46,7 @@ from flaxformer_lite.special_tokens import PAD_ID  # noqa: E402
 from flaxformer_lite.training import checkpoint, trainer  # noqa: E402
 
 STEPS = 400
-DECODE_REPEATS = 3
+DECODE_REPEATS = 10  # best of 10: one decode of 128 rows takes ~0.1 s, too short to time once
 # SwiGLU has three d_model x d_ff matrices where ReLU has two: 2/3 of lm_default's d_ff 256
 # keeps the MLP's parameter count.
 SWIGLU_D_FF = 170
@@ -91,11 +94,14 @@ def decode_speed(family, params, batch: dict) -> float:
     real = prompts.any(axis=1)
     prompts, prompt_lengths = prompts[real], (prompts[real] != PAD_ID).sum(axis=1)
 
+    # One compiled program for prefill and the whole search: called eagerly, the search
+    # loop would be traced and compiled again at every call, and the timing would be that.
+    search = jax.jit(
+        functools.partial(decoding.generate, family.module, max_decode_len=family.max_decode_length)
+    )
+
     def generate():
-        tokens = decoding.generate(
-            family.module, params, prompts, max_decode_len=family.max_decode_length
-        )
-        return jax.block_until_ready(tokens)
+        return jax.block_until_ready(search(params, prompts))
 
     generate()  # compile
     seconds = []
@@ -151,7 +157,9 @@ def run() -> dict:
     results = {}
     with tempfile.TemporaryDirectory(prefix="variants_") as root:
         for name, fields in VARIANTS.items():
-            results[name] = measure(name, fields, root)
+            # Each variant trains and decodes in a fresh process, so none is measured in a
+            # process the ones before it have aged.
+            [(_, results[name])] = in_workers(measure, [(name, fields, root)], workers=1)
             row = results[name]
             print(
                 f"  {name}: eval_loss={row['eval_loss']:.4f} exact_match="
