@@ -235,6 +235,15 @@ def test_unsupported_model_type(tmp_path):
         pretrained.load(str(directory))
 
 
+def test_a_special_token_id_outside_the_vocabulary(tmp_path):
+    directory = copy_fixture("gpt2", tmp_path)
+    config = json.loads((directory / "config.json").read_text())
+    config["eos_token_id"] = config["vocab_size"]
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(pretrained.PretrainedError, match=r"eos_token_id=\d+ is not an id of"):
+        pretrained.load(str(directory))
+
+
 def test_unknown_tensor(tmp_path):
     directory = copy_fixture("gpt2", tmp_path)
     edit_tensors(directory, lambda t: t.update({"h.0.attn.rotary": np.zeros(3, np.float32)}))

@@ -22,6 +22,7 @@ import dataclasses
 
 import numpy as np
 
+from flaxformer_lite.pretrained.weights import PretrainedError
 from flaxformer_lite.special_tokens import BOS_ID, EOS_ID, PAD_ID
 
 OFFSET = 3  # Our PAD, EOS and BOS rows come before the checkpoint's rows.
@@ -46,6 +47,14 @@ class CheckpointVocabulary:
 
         start = hf_config.get("decoder_start_token_id")
         pad, eos = first(hf_config.get("pad_token_id")), first(hf_config.get("eos_token_id"))
+        for name in ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id"):
+            value = first(hf_config.get(name))
+            if value is not None and not 0 <= value < size:
+                raise PretrainedError(
+                    f"config.json: {name}={value} is not an id of the checkpoint's "
+                    f"{size}-token vocabulary: set it to the id the tokenizer gives that "
+                    "token (or null)."
+                )
         return cls(
             size=size,
             # Padding with EOS (a common setting for LMs without a PAD) is padding of
