@@ -196,8 +196,9 @@ class HostRows(grain.MapDataset):
 
     `jax.make_array_from_process_local_data` stacks the hosts' rows in process order, so the
     global batch is the one a single process would read: the examples a step trains on do
-    not depend on how many hosts read them. (Packed rows are packed per host, so there the
-    examples agree and the rows do not.)
+    not depend on how many hosts read them. (Packed rows are packed per host, and a row
+    takes as many examples as fit, so with packing the steps differ; every example is still
+    read once per epoch.)
     """
 
     def __init__(self, stream: grain.MapDataset, layout: HostLayout, rows_per_host: int):
