@@ -216,6 +216,24 @@ def test_missing_weights(tmp_path):
         pretrained.load(str(directory))
 
 
+def test_gpt2_reads_vocab_json_and_merges_txt_without_tokenizer_json(tmp_path):
+    # GPT-2 repositories from before tokenizer.json hold its two tables only. Written from
+    # the fixture's tokenizer.json, they must tokenize exactly as it does.
+    directory = copy_fixture("gpt2", tmp_path)
+    table = json.loads((directory / "tokenizer.json").read_text())["model"]
+    (directory / "vocab.json").write_text(json.dumps(table["vocab"]))
+    merges = ["#version: 0.2", *(" ".join(pair) for pair in table["merges"])]
+    (directory / "merges.txt").write_text("\n".join(merges) + "\n")
+    reference = load("gpt2").tokenizer
+    (directory / "tokenizer.json").unlink()
+    tokenizer = pretrained.load(str(directory)).tokenizer
+    texts = ["The quick brown fox.", " Tiny models attend,  or not!\n", "Hello<|endoftext|>world"]
+    for text in texts:
+        ids = tokenizer.encode_with_special_tokens(text)
+        assert ids == reference.encode_with_special_tokens(text), text
+        assert tokenizer.decode(ids) == reference.decode(ids)
+
+
 def test_missing_tokenizer(tmp_path):
     directory = copy_fixture("gpt2", tmp_path)
     (directory / "tokenizer.json").unlink()

@@ -6,8 +6,8 @@
 
 No torch: weights come through `safetensors` (one file, or shards listed by
 model.safetensors.index.json), the tokenizer through `tokenizers` (tokenizer.json, or
-BERT's vocab.txt). Every checkpoint lands on one of our own models, with no class of
-its own:
+BERT's vocab.txt, or GPT-2's vocab.json + merges.txt). Every checkpoint lands on one of
+our own models, with no class of its own:
 
     model_type                  module                     kind
     bert, roberta, distilbert   EncoderOnlyTransformer     encoder
@@ -140,7 +140,7 @@ def load(path: str) -> Pretrained:
         hf_config, set(tensors.names()), path=os.path.join(path, "config.json")
     )
     tensors.check(layout.expected, ignored=layout.ignored)
-    tokenizer = load_tokenizer(path, layout.vocabulary)
+    tokenizer = load_tokenizer(path, layout.vocabulary, model_type=model_type)
     params = layout.params(tensors.read)
     check_against_module(params, layout.module, _example_inputs(layout.kind))
     return Pretrained(

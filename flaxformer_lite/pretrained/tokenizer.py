@@ -3,7 +3,8 @@
 `tokenizer.json` (what `save_pretrained` writes for every fast tokenizer) is read as it
 is. A directory with only BERT's `vocab.txt` gets the WordPiece tokenizer BERT defines:
 BERT normalisation (lower-casing unless tokenizer_config.json says do_lower_case=false),
-BERT's pre-tokenizer, "[CLS] text [SEP]".
+BERT's pre-tokenizer, "[CLS] text [SEP]". A GPT-2 directory with only vocab.json and
+merges.txt gets GPT-2's byte-level BPE.
 
 `PipelineTokenizer` is the same tokenizer in the id space of our data pipeline, for
 fine-tuning a checkpoint with train.py (`config.init_from`).
@@ -18,7 +19,7 @@ from collections.abc import Iterable
 import numpy as np
 import tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
-from tokenizers.models import WordPiece
+from tokenizers.models import BPE, WordPiece
 
 from flaxformer_lite.pretrained.vocabulary import CheckpointVocabulary
 from flaxformer_lite.pretrained.weights import PretrainedError
@@ -164,12 +165,18 @@ def _first_token(tokenizer: tokenizers.Tokenizer, *names: str) -> int | None:
 # What a directory without tokenizer.json may hold instead: sentencepiece models (T5,
 # Llama) and byte-level BPE tables (GPT-2). transformers converts them to tokenizer.json.
 SLOW_TOKENIZER_FILES = ("spiece.model", "tokenizer.model", "vocab.json", "merges.txt")
+GPT2_END_OF_TEXT = "<|endoftext|>"
 
 
-def load_tokenizer(model_dir: str, vocabulary: CheckpointVocabulary) -> PretrainedTokenizer:
-    """tokenizer.json, else vocab.txt (WordPiece), of `model_dir`."""
+def load_tokenizer(
+    model_dir: str, vocabulary: CheckpointVocabulary, *, model_type: str | None = None
+) -> PretrainedTokenizer:
+    """tokenizer.json, else vocab.txt (WordPiece), else for GPT-2 vocab.json + merges.txt
+    (byte-level BPE), of `model_dir`."""
     tokenizer_json = os.path.join(model_dir, "tokenizer.json")
     vocab_txt = os.path.join(model_dir, "vocab.txt")
+    vocab_json = os.path.join(model_dir, "vocab.json")
+    merges_txt = os.path.join(model_dir, "merges.txt")
     if os.path.exists(tokenizer_json):
         tokenizer = tokenizers.Tokenizer.from_file(tokenizer_json)
         # Padding and truncation saved in the file would apply to every encode; we pad
@@ -180,6 +187,8 @@ def load_tokenizer(model_dir: str, vocabulary: CheckpointVocabulary) -> Pretrain
         tokenizer = _bert_wordpiece(
             vocab_txt, lowercase=_tokenizer_config(model_dir).get("do_lower_case", True)
         )
+    elif model_type == "gpt2" and os.path.exists(vocab_json) and os.path.exists(merges_txt):
+        tokenizer = _gpt2_byte_level_bpe(vocab_json, merges_txt)
     else:
         slow = [
             name for name in SLOW_TOKENIZER_FILES if os.path.exists(os.path.join(model_dir, name))
@@ -199,6 +208,17 @@ def _tokenizer_config(model_dir: str) -> dict:
         return {}
     with open(path) as f:
         return json.load(f)
+
+
+def _gpt2_byte_level_bpe(vocab_json: str, merges_txt: str) -> tokenizers.Tokenizer:
+    """GPT-2's tokenizer from its two tables: byte-level BPE, no prefix space, no special
+    tokens added around a text; <|endoftext|> is never split and skipped by decode."""
+    tokenizer = tokenizers.Tokenizer(BPE.from_file(vocab_json, merges_txt))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    if tokenizer.token_to_id(GPT2_END_OF_TEXT) is not None:
+        tokenizer.add_special_tokens([GPT2_END_OF_TEXT])
+    return tokenizer
 
 
 def _bert_wordpiece(vocab_txt: str, *, lowercase: bool) -> tokenizers.Tokenizer:
