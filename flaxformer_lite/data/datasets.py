@@ -361,10 +361,12 @@ def train_length_report(
     workdir: str,
     layout: HostLayout,
 ) -> LengthReport:
-    """The length report of this host's training shard, counted once and kept in the workdir.
+    """The length report of this host's share of the training split (every P-th example of
+    P hosts: the hosts split the counting), counted once and kept in the workdir.
 
-    Counting reads the whole shard, which takes minutes for WMT; a resumed run reads the
-    saved count instead.
+    Counting reads the whole share, which takes minutes for WMT; a resumed run reads the
+    saved count instead. (Training reads another 1/P of each epoch, `pipeline.HostRows`;
+    the share counted here is a sample of the same split.)
     """
     tokenizer_name = {"byte": "byte", "sentencepiece": f"sp{options.vocab_size}"}.get(
         options.tokenizer, "pretrained"

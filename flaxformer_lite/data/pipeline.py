@@ -66,7 +66,7 @@ class LengthReport:
     """How many examples of a split exceed the length limits, and what became of them."""
 
     split: str
-    examples: int  # Examples in the split (for train: in this host's shard).
+    examples: int  # Examples in the split (for train: in the share this host counted).
     overlong: int  # Of those, how many had a source or a target over the limit.
     policy: str  # "filter" (dropped), "truncate" (cut) or EVALUATION_POLICY.
 
